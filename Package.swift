@@ -1,0 +1,102 @@
+// swift-tools-version: 6.2
+// Mayfly: a CI runner agent that runs every job in its own short-lived QEMU virtual machine.
+
+import PackageDescription
+
+let strictSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "mayfly",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "mayfly", targets: ["mayfly"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2", traits: []),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // libcurl, with typed wrappers for its variadic C functions.
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
+        // Small shared vocabulary: durations, sizes, redaction, child processes, file helpers.
+        .target(
+            name: "MayflyCore",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Async HTTP(S) client on libcurl's multi interface; knows nothing of CI protocols.
+        .target(
+            name: "MayflyHTTP",
+            dependencies: [
+                "CCurl", "MayflyCore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Golden bundles, clones, the auxiliary-storage lock, QEMU; knows nothing of jobs or servers.
+        .target(
+            name: "MayflyVM",
+            dependencies: [
+                "MayflyCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Configuration, doctor, logging set-up and (later) the job pipeline and daemon.
+        .target(
+            name: "MayflyAgent",
+            dependencies: [
+                "MayflyCore", "MayflyHTTP", "MayflyVM",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The thin command-line front end.
+        .executableTarget(
+            name: "mayfly",
+            dependencies: [
+                "MayflyAgent", "MayflyVM", "MayflyCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Fixtures shared by the test targets: temporary directories, a test PKI, real servers.
+        .target(
+            name: "MayflyTestSupport",
+            dependencies: ["MayflyCore", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/MayflyTestSupport",
+            resources: [.copy("Resources")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MayflyHTTPTests",
+            dependencies: ["MayflyHTTP", "MayflyCore", "MayflyTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MayflyAgentTests",
+            dependencies: ["MayflyAgent", "MayflyCore", "MayflyVM", "MayflyTestSupport"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: strictSettings
+        ),
+    ]
+)
