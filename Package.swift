@@ -28,6 +28,8 @@ let package = Package(
             pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
         ),
+        // Linux calls that are variadic in C (ioctl FICLONE, OFD fcntl locks, prctl).
+        .target(name: "CMayflySystem"),
         // Small shared vocabulary: durations, sizes, redaction, child processes, file helpers.
         .target(
             name: "MayflyCore",
@@ -51,7 +53,7 @@ let package = Package(
         .target(
             name: "MayflyVM",
             dependencies: [
-                "MayflyCore",
+                "MayflyCore", "CMayflySystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
@@ -95,7 +97,6 @@ let package = Package(
         .testTarget(
             name: "MayflyAgentTests",
             dependencies: ["MayflyAgent", "MayflyCore", "MayflyVM", "MayflyTestSupport"],
-            resources: [.copy("Fixtures")],
             swiftSettings: strictSettings
         ),
     ]

@@ -31,6 +31,7 @@ public enum DurationText {
             guard !number.isEmpty, let value = Double(number) else {
                 throw ParseError(text: text, reason: "expected a number followed by ms, s, m, h or d, as in 500ms, 5s, 3m, 1h")
             }
+            while index < trimmed.endIndex, trimmed[index] == " " { index = trimmed.index(after: index) }
             let unitStart = index
             while index < trimmed.endIndex, trimmed[index].isLetter {
                 index = trimmed.index(after: index)

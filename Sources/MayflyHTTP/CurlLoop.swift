@@ -114,8 +114,12 @@ final class CurlLoop: @unchecked Sendable {
             let code = curl_multi_add_handle(multi, transfer.handle)
             if code != CURLM_OK {
                 let message = String(cString: curl_multi_strerror(code))
-                finish(transfer, with: .failure(HTTPError.transport(code: Int(code.rawValue), message: message,
-                    method: transfer.request.method.rawValue, url: URLRedaction.redact(transfer.request.url))))
+                finish(
+                    transfer,
+                    with: .failure(
+                        HTTPError.transport(
+                            code: Int(code.rawValue), message: message,
+                            method: transfer.request.method.rawValue, url: URLRedaction.redact(transfer.request.url))))
             }
         case .resume(let id):
             if let transfer = active.values.first(where: { ObjectIdentifier($0) == id }) {

@@ -23,8 +23,9 @@ final class CurlTransfer: @unchecked Sendable {
 
     init(request: HTTPRequest, client: HTTPClient.Configuration) throws {
         guard let handle = curl_easy_init() else {
-            throw HTTPError.transport(code: -1, message: "curl_easy_init failed", method: request.method.rawValue,
-                                      url: URLRedaction.redact(request.url))
+            throw HTTPError.transport(
+                code: -1, message: "curl_easy_init failed", method: request.method.rawValue,
+                url: URLRedaction.redact(request.url))
         }
         self.handle = handle
         self.request = request
@@ -71,8 +72,9 @@ final class CurlTransfer: @unchecked Sendable {
         let timeout = request.timeout ?? client.timeout
         let connectTimeout = request.connectTimeout ?? client.connectTimeout
         check(mayfly_easy_setopt_long(handle, CURLOPT_TIMEOUT_MS, Int(max(1, timeout.wholeMilliseconds))), "timeout")
-        check(mayfly_easy_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int(max(1, connectTimeout.wholeMilliseconds))),
-              "connect timeout")
+        check(
+            mayfly_easy_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int(max(1, connectTimeout.wholeMilliseconds))),
+            "connect timeout")
 
         // Response callbacks.
         check(mayfly_easy_setopt_data_callback(handle, CURLOPT_WRITEFUNCTION, curlWriteCallback), "write function")
@@ -119,8 +121,9 @@ final class CurlTransfer: @unchecked Sendable {
         if let headerList { check(mayfly_easy_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList), "headers") }
 
         if !failures.isEmpty {
-            throw HTTPError.transport(code: -1, message: "could not set up the request: " + failures.joined(separator: "; "),
-                                      method: method.rawValue, url: URLRedaction.redact(request.url))
+            throw HTTPError.transport(
+                code: -1, message: "could not set up the request: " + failures.joined(separator: "; "),
+                method: method.rawValue, url: URLRedaction.redact(request.url))
         }
     }
 
@@ -184,8 +187,10 @@ final class CurlTransfer: @unchecked Sendable {
         guard code == CURLE_OK else {
             let detail = String(cString: errorBuffer)
             let message = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
-            return .failure(HTTPError.transport(code: Int(code.rawValue), message: message, method: request.method.rawValue,
-                                                url: redactedURL))
+            return .failure(
+                HTTPError.transport(
+                    code: Int(code.rawValue), message: message, method: request.method.rawValue,
+                    url: redactedURL))
         }
         var status = 0
         _ = mayfly_easy_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)

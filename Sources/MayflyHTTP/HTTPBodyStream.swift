@@ -95,7 +95,8 @@ public final class HTTPBodyStream: Sendable {
             }
             let count = min(available, destination.count)
             state.buffer.withUnsafeBytes { source in
-                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[state.readOffset..<state.readOffset + count]))
+                destination.copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: source[state.readOffset..<state.readOffset + count]))
             }
             state.readOffset += count
             if state.readOffset == state.buffer.count {

@@ -80,8 +80,9 @@ extension HTTPResponse {
     /// the headers and a bounded copy of the body.
     public func expecting(_ accepted: Set<Int>, for request: HTTPRequest) throws(HTTPError) -> HTTPResponse {
         guard accepted.contains(status) else {
-            throw .status(code: status, headers: headers, body: HTTPError.bounded(body), method: request.method.rawValue,
-                          url: URLRedaction.redact(request.url))
+            throw .status(
+                code: status, headers: headers, body: HTTPError.bounded(body), method: request.method.rawValue,
+                url: URLRedaction.redact(request.url))
         }
         return self
     }

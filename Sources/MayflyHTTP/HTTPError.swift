@@ -52,7 +52,6 @@ public enum HTTPError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-
 /// Hides credentials in URLs before they reach an error or a log: user-info and the values of
 /// query parameters that commonly carry tokens.
 public enum URLRedaction {

@@ -52,9 +52,11 @@ struct HTTPClientTests {
         client = HTTPClient(configuration: .init(tls: TLSOptions(caFile: pki.caCertificate)), logger: testLogger)
     }
 
-    @Test("every method carries its headers and body", arguments: [
-        HTTPMethod.get, .head, .post, .put, .patch, .delete, .options,
-    ])
+    @Test(
+        "every method carries its headers and body",
+        arguments: [
+            HTTPMethod.get, .head, .post, .put, .patch, .delete, .options,
+        ])
     func methods(method: HTTPMethod) async throws {
         let body: [UInt8]? = [.get, .head].contains(method) ? nil : Array("payload for \(method) ✓".utf8)
         let request = HTTPRequest(
@@ -84,7 +86,8 @@ struct HTTPClientTests {
 
     @Test("a body without a content type gets none from libcurl")
     func noImplicitContentType() async throws {
-        let response = try await client.execute(HTTPRequest(method: .post, url: server.baseURL + "/echo", body: .bytes([1, 2, 3])))
+        let response = try await client.execute(
+            HTTPRequest(method: .post, url: server.baseURL + "/echo", body: .bytes([1, 2, 3])))
         let echo = try JSONDecoder().decode(Echo.self, from: Data(response.body))
         #expect(echo.header("Content-Type") == nil)
         #expect(echo.body_length == 3)
@@ -97,8 +100,10 @@ struct HTTPClientTests {
                 group.addTask {
                     // Each request waits a little on the server so that they really overlap.
                     let response = try await client.execute(HTTPRequest(url: server.baseURL + "/slow?ms=300"))
-                    let echo = try await client.execute(HTTPRequest(method: .post, url: server.baseURL + "/echo",
-                                                                    body: .bytes(Array(repeating: UInt8(index), count: index + 1))))
+                    let echo = try await client.execute(
+                        HTTPRequest(
+                            method: .post, url: server.baseURL + "/echo",
+                            body: .bytes(Array(repeating: UInt8(index), count: index + 1))))
                     let decoded = try JSONDecoder().decode(Echo.self, from: Data(echo.body))
                     return (response.status == 200 ? index : -1, decoded.body_length)
                 }
@@ -170,14 +175,18 @@ struct HTTPClientTests {
 
         let big = HTTPResponse(status: 500, body: Array(repeating: 120, count: 10_000))
         let bigError = #expect(throws: HTTPError.self) { try big.expecting([200], for: request) }
-        guard case .status(_, _, let body, _, _)? = bigError else { Issue.record("not a status error"); return }
+        guard case .status(_, _, let body, _, _)? = bigError else {
+            Issue.record("not a status error")
+            return
+        }
         #expect(body.utf8.count < 2200)
     }
 
     @Test("a response larger than the limit fails instead of growing without bound")
     func responseLimit() async throws {
-        let small = HTTPClient(configuration: .init(tls: TLSOptions(caFile: pki.caCertificate), maxResponseBody: 1000),
-                               logger: testLogger)
+        let small = HTTPClient(
+            configuration: .init(tls: TLSOptions(caFile: pki.caCertificate), maxResponseBody: 1000),
+            logger: testLogger)
         let ok = try await small.execute(HTTPRequest(url: server.baseURL + "/bytes?n=1000"))
         #expect(ok.body.count == 1000)
         await #expect(throws: HTTPError.self) { try await small.execute(HTTPRequest(url: server.baseURL + "/bytes?n=100000")) }
@@ -186,7 +195,10 @@ struct HTTPClientTests {
     @Test("only http and https are spoken")
     func protocolsRestricted() async throws {
         let error = await #expect(throws: HTTPError.self) { try await client.execute(HTTPRequest(url: "file:///etc/hostname")) }
-        guard case .transport(let code, _, _, _)? = error else { Issue.record("not a transport error"); return }
+        guard case .transport(let code, _, _, _)? = error else {
+            Issue.record("not a transport error")
+            return
+        }
         #expect(code == 1)  // CURLE_UNSUPPORTED_PROTOCOL
     }
 
@@ -204,7 +216,8 @@ struct HTTPClientTests {
     @Test("a failed transfer's error names the layer and never the URL's token")
     func transportErrorRedactsURL() async throws {
         let error = await #expect(throws: HTTPError.self) {
-            try await client.execute(HTTPRequest(url: "https://user:pw@127.0.0.1:1/x?token=s3cr3t&a=b", connectTimeout: .seconds(2)))
+            try await client.execute(
+                HTTPRequest(url: "https://user:pw@127.0.0.1:1/x?token=s3cr3t&a=b", connectTimeout: .seconds(2)))
         }
         let text = error.map(String.init(describing:)) ?? ""
         #expect(text.contains("transport"))
@@ -222,12 +235,16 @@ struct TLSVerificationTests {
         let rogue = try await TestHTTPServer(.tls(certificate: pki.rogueCertificate, key: pki.rogueKey))
         let client = HTTPClient(configuration: .init(tls: TLSOptions(caFile: pki.caCertificate)), logger: testLogger)
         let error = await #expect(throws: HTTPError.self) { try await client.execute(HTTPRequest(url: rogue.baseURL + "/echo")) }
-        guard case .transport(let code, _, _, _)? = error else { Issue.record("not a transport error"); return }
+        guard case .transport(let code, _, _, _)? = error else {
+            Issue.record("not a transport error")
+            return
+        }
         #expect(code == 60)  // CURLE_PEER_FAILED_VERIFICATION
 
         let recorder = RecordingLogHandler.Store()
-        let insecure = HTTPClient(configuration: .init(tls: TLSOptions(insecureSkipVerify: true)),
-                                  logger: Logger(label: "t") { _ in RecordingLogHandler(store: recorder) })
+        let insecure = HTTPClient(
+            configuration: .init(tls: TLSOptions(insecureSkipVerify: true)),
+            logger: Logger(label: "t") { _ in RecordingLogHandler(store: recorder) })
         let response = try await insecure.execute(HTTPRequest(url: rogue.baseURL + "/echo"))
         #expect(response.status == 200)
         #expect(recorder.messages.contains { $0.level == .warning && $0.message.contains("verification is OFF") })
@@ -239,13 +256,19 @@ struct TLSVerificationTests {
         let server = try await TestHTTPServer(
             .tls(certificate: pki.serverCertificate, key: pki.serverKey, clientCA: pki.caCertificate))
         let withCertificate = HTTPClient(
-            configuration: .init(tls: TLSOptions(caFile: pki.caCertificate, certFile: pki.clientCertificate, keyFile: pki.clientKey)),
+            configuration: .init(
+                tls: TLSOptions(caFile: pki.caCertificate, certFile: pki.clientCertificate, keyFile: pki.clientKey)),
             logger: testLogger)
         let response = try await withCertificate.execute(HTTPRequest(url: server.baseURL + "/echo"))
         #expect(response.status == 200)
 
         let without = HTTPClient(configuration: .init(tls: TLSOptions(caFile: pki.caCertificate)), logger: testLogger)
-        let error = await #expect(throws: HTTPError.self) { try await without.execute(HTTPRequest(url: server.baseURL + "/echo")) }
-        guard case .transport? = error else { Issue.record("expected a transport error, got \(String(describing: error))"); return }
+        let error = await #expect(throws: HTTPError.self) {
+            try await without.execute(HTTPRequest(url: server.baseURL + "/echo"))
+        }
+        guard case .transport? = error else {
+            Issue.record("expected a transport error, got \(String(describing: error))")
+            return
+        }
     }
 }

@@ -13,11 +13,13 @@ struct FixedGenerator: RandomNumberGenerator {
 
 @Suite("Retry policy")
 struct RetryPolicyTests {
-    @Test("which statuses are retried", arguments: [
-        (200, false), (201, false), (204, false), (400, false), (401, false), (403, false), (404, false), (409, false),
-        (416, false), (422, false), (408, true), (429, true), (500, true), (501, false), (502, true), (503, true),
-        (504, true), (505, false), (511, false), (512, true), (599, true),
-    ])
+    @Test(
+        "which statuses are retried",
+        arguments: [
+            (200, false), (201, false), (204, false), (400, false), (401, false), (403, false), (404, false), (409, false),
+            (416, false), (422, false), (408, true), (429, true), (500, true), (501, false), (502, true), (503, true),
+            (504, true), (505, false), (511, false), (512, true), (599, true),
+        ])
     func retryableStatuses(status: Int, retried: Bool) {
         #expect(RetryPolicy.isRetryable(status: status) == retried)
         var generator = FixedGenerator(value: 0)
@@ -54,12 +56,14 @@ struct RetryPolicyTests {
         let now = try #require(HTTPDate.parse("Tue, 05 Mar 2024 10:00:00 GMT"))
         var generator = FixedGenerator(value: 0)
         func decision(_ headers: HTTPHeaders) -> RetryPolicy.Decision {
-            policy.decision(afterAttempt: 1, outcome: .success(HTTPResponse(status: 429, headers: headers)), now: now,
-                            using: &generator)
+            policy.decision(
+                afterAttempt: 1, outcome: .success(HTTPResponse(status: 429, headers: headers)), now: now,
+                using: &generator)
         }
         #expect(decision(["Retry-After": "7"]) == .retry(after: .seconds(7)))
         #expect(decision(["Retry-After": "Tue, 05 Mar 2024 10:00:30 GMT"]) == .retry(after: .seconds(30)))
-        #expect(decision(["RateLimit-ResetTime": "Tue, 05 Mar 2024 10:01:00 GMT", "Retry-After": "7"]) == .retry(after: .seconds(60)))
+        #expect(
+            decision(["RateLimit-ResetTime": "Tue, 05 Mar 2024 10:01:00 GMT", "Retry-After": "7"]) == .retry(after: .seconds(60)))
         #expect(decision(["Retry-After": "100000"]) == .retry(after: .seconds(300)), "capped by maxServerDelay")
         #expect(decision(["Retry-After": "soon"]) == .retry(after: .milliseconds(100)), "unreadable: plain backoff")
         #expect(decision([:]) == .retry(after: .milliseconds(100)))
@@ -73,7 +77,8 @@ struct RetryPolicyTests {
         #expect(policy.decision(afterAttempt: 1, outcome: unavailable, using: &generator) != .stop)
         #expect(policy.decision(afterAttempt: 2, outcome: unavailable, using: &generator) != .stop)
         #expect(policy.decision(afterAttempt: 3, outcome: unavailable, using: &generator) == .stop)
-        let transport = Result<HTTPResponse, any Error>.failure(HTTPError.transport(code: 7, message: "refused", method: "GET", url: "x"))
+        let transport = Result<HTTPResponse, any Error>.failure(
+            HTTPError.transport(code: 7, message: "refused", method: "GET", url: "x"))
         #expect(policy.decision(afterAttempt: 1, outcome: transport, using: &generator) == .retry(after: .milliseconds(100)))
         #expect(policy.decision(afterAttempt: 2, outcome: transport, using: &generator) == .retry(after: .milliseconds(200)))
         let other = Result<HTTPResponse, any Error>.failure(HTTPError.responseTooLarge(limit: 1, url: "x"))
@@ -97,12 +102,14 @@ struct RetryPolicyTests {
         #expect(retries.allSatisfy { $0.1 == .seconds(1) })
 
         // Never recovers: the last response comes back after maxAttempts.
-        let failing = try await client.execute(HTTPRequest(url: server.baseURL + "/flaky?key=b&fail=100&status=502"), retrying: policy)
+        let failing = try await client.execute(
+            HTTPRequest(url: server.baseURL + "/flaky?key=b&fail=100&status=502"), retrying: policy)
         #expect(failing.status == 502)
         let count = try await client.execute(HTTPRequest(url: server.baseURL + "/flaky?key=b&fail=0"))
         #expect(count.text == "6", "the server saw exactly 5 attempts before this one")
         // Not retryable: one attempt only.
-        let notFound = try await client.execute(HTTPRequest(url: server.baseURL + "/flaky?key=c&fail=100&status=404"), retrying: policy)
+        let notFound = try await client.execute(
+            HTTPRequest(url: server.baseURL + "/flaky?key=c&fail=100&status=404"), retrying: policy)
         #expect(notFound.status == 404)
         let seen = try await client.execute(HTTPRequest(url: server.baseURL + "/flaky?key=c&fail=1"))
         #expect(seen.text == "2")
@@ -111,13 +118,15 @@ struct RetryPolicyTests {
 
 @Suite("URL redaction")
 struct URLRedactionTests {
-    @Test("user-info and token parameters are hidden", arguments: [
-        ("https://gitlab.example.com/api/v4/jobs", "https://gitlab.example.com/api/v4/jobs"),
-        ("https://gitlab-ci-token:abc@gitlab.example.com/g/p.git", "https://[REDACTED]@gitlab.example.com/g/p.git"),
-        ("https://h/x?private_token=abc&page=2", "https://h/x?private_token=[REDACTED]&page=2"),
-        ("https://h/x?TOKEN=abc", "https://h/x?TOKEN=[REDACTED]"),
-        ("https://h/a@b?x=1", "https://h/a@b?x=1"),
-    ])
+    @Test(
+        "user-info and token parameters are hidden",
+        arguments: [
+            ("https://gitlab.example.com/api/v4/jobs", "https://gitlab.example.com/api/v4/jobs"),
+            ("https://gitlab-ci-token:abc@gitlab.example.com/g/p.git", "https://[REDACTED]@gitlab.example.com/g/p.git"),
+            ("https://h/x?private_token=abc&page=2", "https://h/x?private_token=[REDACTED]&page=2"),
+            ("https://h/x?TOKEN=abc", "https://h/x?TOKEN=[REDACTED]"),
+            ("https://h/a@b?x=1", "https://h/a@b?x=1"),
+        ])
     func redaction(input: String, expected: String) {
         #expect(URLRedaction.redact(input) == expected)
     }

@@ -14,8 +14,9 @@ public func withTemporaryDirectory<T>(
 public func makeTemporaryDirectory(prefix: String = "mayfly-test") throws -> URL {
     let base = URL(fileURLWithPath: NSTemporaryDirectory())
     let directory = base.appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8).lowercased())")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true,
-                                            attributes: [.posixPermissions: 0o700])
+    try FileManager.default.createDirectory(
+        at: directory, withIntermediateDirectories: true,
+        attributes: [.posixPermissions: 0o700])
     return directory
 }
 

@@ -22,7 +22,9 @@ public struct TestPKI: Sendable {
         try cached.get()
     }
 
-    private static let cached: Result<TestPKI, any Error> = Result { try TestPKI(directory: makeTemporaryDirectory(prefix: "mayfly-pki")) }
+    private static let cached: Result<TestPKI, any Error> = Result {
+        try TestPKI(directory: makeTemporaryDirectory(prefix: "mayfly-pki"))
+    }
 
     private init(directory: URL) throws {
         self.directory = directory

@@ -1,0 +1,26 @@
+// Linux system calls that Swift cannot reach directly because their C entry points are
+// variadic (ioctl, fcntl, prctl). Each returns 0 or -1 with errno set, like the call it wraps.
+#ifndef MAYFLY_SYSTEM_H
+#define MAYFLY_SYSTEM_H
+
+#include <sys/types.h>
+
+/// ioctl(dest, FICLONE, source): a copy-on-write clone of a whole file (btrfs, XFS).
+int mayfly_ficlone(int dest_fd, int source_fd);
+
+/// Takes (non-blocking) or releases an open-file-description lock on [start, start+length).
+/// type: F_RDLCK, F_WRLCK or F_UNLCK. length 0 means to the end of the file.
+int mayfly_ofd_setlk(int fd, short type, off_t start, off_t length);
+
+/// Asks whether an OFD lock of `type` on the range could be taken. On return *conflict_type is
+/// F_UNLCK when it could, otherwise the conflicting lock's type and range.
+int mayfly_ofd_getlk(int fd, short type, off_t start, off_t length, short *conflict_type,
+                     off_t *conflict_start, off_t *conflict_length);
+
+/// prctl(PR_SET_PDEATHSIG, signal) for the calling thread's future children's sake.
+int mayfly_set_pdeathsig(int signal);
+
+/// prctl(PR_SET_CHILD_SUBREAPER, 1).
+int mayfly_set_child_subreaper(void);
+
+#endif

@@ -1,0 +1,26 @@
+import ArgumentParser
+import Foundation
+import MayflyAgent
+
+/// `mayfly config …`: commands about the configuration file.
+struct Config: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Work with the configuration file.", subcommands: [Check.self])
+
+    /// `mayfly config check`: validates the file and prints the effective configuration.
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate the configuration and print it with defaults filled in and secrets redacted.",
+            discussion: "Exits 0 when the file is valid, 78 (EX_CONFIG) with file:line:column and the problem otherwise.")
+
+        @OptionGroup var options: ConfigOptions
+
+        func run() throws {
+            let configuration = try options.load()
+            for warning in configuration.warnings {
+                FileHandle.standardError.write(Data("mayfly: warning: \(warning)\n".utf8))
+            }
+            print(configuration.rendered(), terminator: "")
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+import MayflyTestSupport
+import Testing
+
+/// Runs the built `mayfly` executable and collects its exit status and output.
+func runMayfly(_ arguments: [String], environment: [String: String] = [:]) throws -> (
+    status: Int32, stdout: String, stderr: String
+) {
+    let executable = repositoryRoot.appendingPathComponent(".build/debug/mayfly")
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+}
+
+@Suite("The mayfly command", .serialized)
+struct CommandLineTests {
+    @Test("config check: 0 and the redacted configuration for a good file, 78 and file:line:column for a bad one")
+    func configCheck() async throws {
+        try await withTemporaryDirectory { directory in
+            let good = directory.appendingPathComponent("good.yaml")
+            try "servers:\n  - url: https://ci.example.org\n    token: ${T}\n".write(to: good, atomically: true, encoding: .utf8)
+            let ok = try runMayfly(["config", "check", "--config", good.path], environment: ["T": "glrt-cli-secret"])
+            #expect(ok.status == 0, "\(ok.stderr)")
+            #expect(ok.stdout.contains("url: https://ci.example.org"))
+            #expect(ok.stdout.contains("[REDACTED]"))
+            #expect(!ok.stdout.contains("glrt-cli-secret") && !ok.stderr.contains("glrt-cli-secret"))
+
+            let bad = directory.appendingPathComponent("bad.yaml")
+            try "vm:\n  clone: reflnk\n".write(to: bad, atomically: true, encoding: .utf8)
+            let failed = try runMayfly(["config", "check", "--config", bad.path])
+            #expect(failed.status == 78)
+            #expect(failed.stderr.contains("\(bad.path):2:10:"))
+            #expect(failed.stderr.contains("did you mean 'reflink'?"))
+
+            let missing = try runMayfly(["config", "check", "--config", directory.appendingPathComponent("none.yaml").path])
+            #expect(missing.status == 78)
+            #expect(missing.stderr.contains("does not exist"))
+        }
+    }
+
+    @Test("doctor prints one line per check and exits by the worst result")
+    func doctor() async throws {
+        try await withTemporaryDirectory { directory in
+            let config = directory.appendingPathComponent("c.yaml")
+            try "work_dir: \(directory.path)\nvm: { accelerator: tcg }\n".write(to: config, atomically: true, encoding: .utf8)
+            let result = try runMayfly(["doctor", "--config", config.path])
+            #expect(result.stdout.contains("qemu-img"))
+            #expect(result.stdout.contains("work_dir"))
+            #expect(result.stdout.contains("clone "))
+            let failed = result.stdout.split(separator: "\n").contains { $0.contains(" fail ") }
+            #expect(result.status == (failed ? 1 : 0), "\(result.stdout)")
+        }
+    }
+
+    @Test("version and usage errors")
+    func versionAndUsage() throws {
+        let version = try runMayfly(["version"])
+        #expect(version.status == 0)
+        #expect(version.stdout.hasPrefix("mayfly "))
+        let usage = try runMayfly(["no-such-command"])
+        #expect(usage.status == 64)
+    }
+}
