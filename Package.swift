@@ -30,13 +30,14 @@ let package = Package(
         ),
         // Linux calls that are variadic in C (ioctl FICLONE, OFD fcntl locks, prctl).
         .target(name: "CMayflySystem"),
-        // Small shared vocabulary: durations, sizes, redaction, child processes, file helpers.
+        // Small shared vocabulary: durations, sizes, secrets, backoff, positioned YAML reading, helper commands.
         .target(
             name: "MayflyCore",
             dependencies: [
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strictSettings
         ),
@@ -61,11 +62,21 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Reaching a booted guest and running commands in it over SSH (the OpenSSH client).
+        .target(
+            name: "MayflyGuest",
+            dependencies: [
+                "MayflyCore", "MayflyVM",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Configuration, doctor, logging set-up and (later) the job pipeline and daemon.
         .target(
             name: "MayflyAgent",
             dependencies: [
-                "MayflyCore", "MayflyHTTP", "MayflyVM",
+                "MayflyCore", "MayflyHTTP", "MayflyVM", "MayflyGuest",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -92,6 +103,11 @@ let package = Package(
         .testTarget(
             name: "MayflyHTTPTests",
             dependencies: ["MayflyHTTP", "MayflyCore", "MayflyTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MayflyVMTests",
+            dependencies: ["MayflyVM", "MayflyGuest", "MayflyCore", "MayflyTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -10,6 +10,7 @@ import MayflyVM
 /// | 0 | success |
 /// | 1 | `doctor` found a failing check; `exec`: the job's own status when it fails |
 /// | 64 | bad command line (EX_USAGE) |
+/// | 65 | a bundle is damaged: bad manifest or files that do not match it (EX_DATAERR) |
 /// | 69 | a needed service or host facility is unavailable: VM, accelerator, lock (EX_UNAVAILABLE) |
 /// | 70 | an internal error (EX_SOFTWARE) |
 /// | 74 | an I/O error on Mayfly's own files (EX_IOERR) |
@@ -20,6 +21,7 @@ struct ExitStatus {
     let message: String
 
     static let usage: Int32 = 64
+    static let dataError: Int32 = 65
     static let unavailable: Int32 = 69
     static let software: Int32 = 70
     static let ioError: Int32 = 74
@@ -35,11 +37,15 @@ struct ExitStatus {
         case let error as VMError:
             switch error {
             case .io: code = Self.ioError
+            case .bundle, .bundleManifest: code = Self.dataError
             default: code = Self.unavailable
             }
             message = error.description
         case let error as CommandRunner.Failure:
             code = Self.unavailable
+            message = error.description
+        case let error as BundleVerificationFailed:
+            code = Self.dataError
             message = error.description
         case let error as UnavailableCommand:
             code = Self.unavailable

@@ -38,4 +38,13 @@ struct ConfigOptions: ParsableArguments {
     func load() throws -> MayflyAgent.Configuration {
         try ConfigurationLoader().load(path: config)
     }
+
+    /// The configuration, or the built-in defaults when the default file does not exist (an
+    /// explicitly named file must exist).
+    func loadOrDefaults() throws -> MayflyAgent.Configuration {
+        if config == MayflyAgent.Configuration.defaultPath && !FileManager.default.fileExists(atPath: config) {
+            return MayflyAgent.Configuration(name: ProcessInfo.processInfo.hostName)
+        }
+        return try load()
+    }
 }

@@ -23,4 +23,10 @@ int mayfly_set_pdeathsig(int signal);
 /// prctl(PR_SET_CHILD_SUBREAPER, 1).
 int mayfly_set_child_subreaper(void);
 
+/// pidfd_open(2): a descriptor that names one process for good, even after its pid is reused.
+int mayfly_pidfd_open(pid_t pid);
+
+/// pidfd_send_signal(2): signals the process behind a pidfd; ESRCH once it has been reaped.
+int mayfly_pidfd_send_signal(int pidfd, int signal);
+
 #endif

@@ -13,13 +13,10 @@ struct Doctor: AsyncParsableCommand {
     @OptionGroup var options: ConfigOptions
 
     func run() async throws {
-        let configuration: MayflyAgent.Configuration
         if options.config == MayflyAgent.Configuration.defaultPath && !FileManager.default.fileExists(atPath: options.config) {
-            configuration = MayflyAgent.Configuration(name: ProcessInfo.processInfo.hostName)
             print("config   warn  \(options.config) does not exist; checking with defaults")
-        } else {
-            configuration = try options.load()
         }
+        let configuration = try options.loadOrDefaults()
         let checks = await MayflyAgent.Doctor(configuration: configuration).run()
         let width = checks.map(\.name.count).max() ?? 8
         for check in checks {

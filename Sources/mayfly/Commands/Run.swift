@@ -1,5 +1,6 @@
 import ArgumentParser
 import MayflyAgent
+import MayflyCore
 
 /// `mayfly run`: the daemon that takes jobs from the configured CI servers.
 struct Run: AsyncParsableCommand {

@@ -1,4 +1,4 @@
-/// A problem in a configuration or job file, with where it is: `file:line:column: message`.
+/// A problem in a configuration, job or bundle file, with where it is: `file:line:column: message`.
 /// Line and column count from 1; they are 0 when the problem is the file as a whole.
 public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
     public var file: String
@@ -19,8 +19,8 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
 }
 
 /// Suggests the closest known name for a misspelt one ("did you mean 'grace_period'?").
-enum Suggestion {
-    static func closest(to word: String, in candidates: [String]) -> String? {
+public enum Suggestion {
+    public static func closest(to word: String, in candidates: [String]) -> String? {
         let scored = candidates.map { ($0, distance(word.lowercased(), $0.lowercased())) }
         guard let best = scored.min(by: { $0.1 < $1.1 }) else { return nil }
         let allowed = max(2, word.count / 3)
@@ -28,7 +28,7 @@ enum Suggestion {
     }
 
     /// Levenshtein distance, with an adjacent swap counted as one edit.
-    static func distance(_ a: String, _ b: String) -> Int {
+    public static func distance(_ a: String, _ b: String) -> Int {
         let a = Array(a)
         let b = Array(b)
         if a.isEmpty { return b.count }

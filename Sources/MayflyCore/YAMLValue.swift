@@ -1,20 +1,27 @@
-import MayflyCore
 import Yams
 
 /// One YAML node of a configuration or job file, with the file it came from and its dotted path
 /// (`vm.lock_retry.max`, `servers[0].url`). Every typed read either returns a value or throws a
 /// `ConfigurationError` that points at this node's line and column.
-struct YAMLValue {
-    let node: Node
-    let file: String
-    let path: String
-    let environment: [String: String]
+public struct YAMLValue {
+    public let node: Node
+    public let file: String
+    public let path: String
+    public let environment: [String: String]
 
-    var line: Int { node.mark?.line ?? 0 }
-    var column: Int { node.mark?.column ?? 0 }
+    public init(node: Node, file: String, path: String, environment: [String: String]) {
+        self.node = node
+        self.file = file
+        self.path = path
+        self.environment = environment
+    }
+
+    public var line: Int { node.mark?.line ?? 0 }
+    public var column: Int { node.mark?.column ?? 0 }
 
     /// Parses `text` as one YAML document; `nil` for an empty document.
-    static func parse(_ text: String, file: String, environment: [String: String]) throws(ConfigurationError) -> YAMLValue? {
+    public static func parse(_ text: String, file: String, environment: [String: String]) throws(ConfigurationError) -> YAMLValue?
+    {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -49,13 +56,13 @@ struct YAMLValue {
         }
     }
 
-    func error(_ message: String) -> ConfigurationError {
+    public func error(_ message: String) -> ConfigurationError {
         ConfigurationError(file: file, line: line, column: column, message: message)
     }
 
     private var shownPath: String { path.isEmpty ? "the document" : "'\(path)'" }
 
-    var isNull: Bool {
+    public var isNull: Bool {
         if case .scalar = node { return node.null != nil }
         return false
     }
@@ -72,7 +79,7 @@ struct YAMLValue {
     // MARK: Scalars
 
     /// The scalar's text with `${NAME}` replaced by the environment variable NAME (`$$` is `$`).
-    func string() throws(ConfigurationError) -> String {
+    public func string() throws(ConfigurationError) -> String {
         guard case .scalar(let scalar) = node else { throw error("\(shownPath) must be a string, not \(kind)") }
         return try expand(scalar.string)
     }
@@ -108,7 +115,7 @@ struct YAMLValue {
         return result
     }
 
-    func int(in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+    public func int(in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         let text = try scalarText(expecting: "a whole number")
         guard let value = Int(text) else { throw error("\(shownPath) must be a whole number, not '\(text)'") }
         guard range.contains(value) else {
@@ -117,7 +124,7 @@ struct YAMLValue {
         return value
     }
 
-    func bool() throws(ConfigurationError) -> Bool {
+    public func bool() throws(ConfigurationError) -> Bool {
         let text = try scalarText(expecting: "true or false")
         switch text.lowercased() {
         case "true", "yes", "on": return true
@@ -126,7 +133,7 @@ struct YAMLValue {
         }
     }
 
-    func duration(atLeast minimum: Duration = .zero) throws(ConfigurationError) -> Duration {
+    public func duration(atLeast minimum: Duration = .zero) throws(ConfigurationError) -> Duration {
         let text = try scalarText(expecting: "a duration such as 500ms, 5s, 3m or 1h")
         let value: Duration
         do {
@@ -140,7 +147,7 @@ struct YAMLValue {
         return value
     }
 
-    func size(atLeast minimum: ByteSize = ByteSize(bytes: 0)) throws(ConfigurationError) -> ByteSize {
+    public func size(atLeast minimum: ByteSize = ByteSize(bytes: 0)) throws(ConfigurationError) -> ByteSize {
         let text = try scalarText(expecting: "a size such as 512MiB or 4GiB")
         let value: ByteSize
         do {
@@ -152,7 +159,8 @@ struct YAMLValue {
         return value
     }
 
-    func choice<T: RawRepresentable & CaseIterable>(_ type: T.Type) throws(ConfigurationError) -> T where T.RawValue == String {
+    public func choice<T: RawRepresentable & CaseIterable>(_ type: T.Type) throws(ConfigurationError) -> T
+    where T.RawValue == String {
         let names = T.allCases.map(\.rawValue)
         let text = try scalarText(expecting: "one of " + names.joined(separator: ", "))
         if let value = T(rawValue: text) { return value }
@@ -169,7 +177,7 @@ struct YAMLValue {
 
     /// This node as a mapping whose keys must be among `allowed`; an unknown key is an error
     /// that suggests the closest allowed one.
-    func mapping(allowed: [String]) throws(ConfigurationError) -> YAMLMapping {
+    public func mapping(allowed: [String]) throws(ConfigurationError) -> YAMLMapping {
         guard case .mapping(let mapping) = node else {
             throw error("\(shownPath) must be a mapping of keys to values, not \(kind)")
         }
@@ -191,7 +199,7 @@ struct YAMLValue {
         return YAMLMapping(owner: self, entries: entries)
     }
 
-    func sequence() throws(ConfigurationError) -> [YAMLValue] {
+    public func sequence() throws(ConfigurationError) -> [YAMLValue] {
         guard case .sequence(let sequence) = node else { throw error("\(shownPath) must be a list, not \(kind)") }
         return sequence.enumerated().map { index, child in
             YAMLValue(node: child, file: file, path: "\(path)[\(index)]", environment: environment)
@@ -199,7 +207,7 @@ struct YAMLValue {
     }
 
     /// A list of strings; a single string is taken as a list of one.
-    func stringList() throws(ConfigurationError) -> [String] {
+    public func stringList() throws(ConfigurationError) -> [String] {
         if case .scalar = node { return [try string()] }
         var result: [String] = []
         for item in try sequence() { result.append(try item.string()) }
@@ -208,18 +216,18 @@ struct YAMLValue {
 }
 
 /// The entries of a YAML mapping, looked up by key. Keys given as `null` count as absent.
-struct YAMLMapping {
-    let owner: YAMLValue
-    let entries: [(key: String, value: YAMLValue)]
+public struct YAMLMapping {
+    public let owner: YAMLValue
+    public let entries: [(key: String, value: YAMLValue)]
 
-    subscript(_ key: String) -> YAMLValue? {
+    public subscript(_ key: String) -> YAMLValue? {
         guard let value = entries.first(where: { $0.key == key })?.value, !value.isNull else { return nil }
         return value
     }
 
-    func contains(_ key: String) -> Bool { self[key] != nil }
+    public func contains(_ key: String) -> Bool { self[key] != nil }
 
-    func required(_ key: String) throws(ConfigurationError) -> YAMLValue {
+    public func required(_ key: String) throws(ConfigurationError) -> YAMLValue {
         if let value = self[key] { return value }
         let place = owner.path.isEmpty ? "at the top level" : "in '\(owner.path)'"
         throw owner.error("missing required key '\(key)' \(place)")

@@ -1,0 +1,47 @@
+import MayflyCore
+import MayflyVM
+
+/// The OpenSSH client's command line for one guest: key-only, batch mode, the guest's host key
+/// pinned through the clone's own known_hosts (`StrictHostKeyChecking=yes`: an unknown or changed
+/// host key is refused, never accepted), no user or system ssh configuration, no agent.
+public struct SSHCommand: Sendable, Equatable {
+    public let endpoint: SSHEndpoint
+    public var connectTimeout: Duration = .seconds(10)
+
+    public init(endpoint: SSHEndpoint) { self.endpoint = endpoint }
+
+    /// The arguments for `ssh` that run `remoteCommand` (nil: the remote user's shell reads the
+    /// script from standard input).
+    public func arguments(remoteCommand: String? = nil) -> [String] {
+        var arguments = [
+            "-F", "/dev/null",
+            "-i", endpoint.privateKey,
+            "-p", "\(endpoint.port)",
+            "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "IdentityAgent=none",
+            "-o", "PasswordAuthentication=no",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "UserKnownHostsFile=\(endpoint.knownHosts)",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=\(max(1, connectTimeout.components.seconds))",
+            "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=6",
+            "-o", "LogLevel=ERROR",
+            "-T",
+            "\(endpoint.user)@\(endpoint.host)",
+        ]
+        if let remoteCommand { arguments.append(remoteCommand) }
+        return arguments
+    }
+
+    /// Runs `remoteCommand` in the guest and collects its output (for short commands; jobs
+    /// stream through the job runner).
+    public func run(_ remoteCommand: String, timeout: Duration = .seconds(120)) async throws(CommandRunner.Failure)
+        -> CommandRunner.Output
+    {
+        try await CommandRunner.run(
+            "ssh", arguments(remoteCommand: remoteCommand), environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C"],
+            timeout: timeout)
+    }
+}

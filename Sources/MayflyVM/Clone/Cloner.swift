@@ -1,0 +1,193 @@
+import CMayflySystem
+import Foundation
+import Logging
+import MayflyCore
+
+/// Makes and deletes clones of golden bundles in one work directory. A clone is built in a
+/// temporary directory (mode 0700, owner record written first) and renamed into place, so a
+/// clone directory is either complete or absent; a crash mid-way leaves a temporary directory
+/// with an owner record that the reaper removes.
+public struct Cloner: Sendable {
+    public let workDirectory: String
+    public let strategy: CloneStrategyChoice
+    public let runtimeBase: String
+    let logger: Logger
+
+    public init(
+        workDirectory: String, strategy: CloneStrategyChoice, runtimeBase: String = RuntimeDirectory.base(), logger: Logger
+    ) {
+        self.workDirectory = workDirectory
+        self.strategy = strategy
+        self.runtimeBase = runtimeBase
+        self.logger = logger
+    }
+
+    public var clonesPath: String { CloneDirectory.clonesPath(workDirectory: workDirectory) }
+
+    /// What the clone was made with, and how long it took.
+    public struct Made: Sendable {
+        public let clone: CloneDirectory
+        public let strategy: CloneStrategyChoice
+        public let record: CloneRecord
+        public let duration: Duration
+    }
+
+    /// Clones `bundle` for the job (`server`, `job`). The clone's deadline is `lifetime` from now.
+    public func makeClone(bundle: BundleDirectory, server: String, job: String, lifetime: Duration) async throws(VMError) -> Made
+    {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let key = CloneDirectory.key(server: server, job: job)
+        try makeDirectory(workDirectory, mode: 0o755)
+        try makeDirectory(clonesPath, mode: 0o700)
+        try makeDirectory(runtimeBase, mode: 0o700)
+        let finalPath = clonesPath + "/" + key
+        if let existing = CloneRecord.read(from: finalPath + "/owner.json") {
+            if existing.owner.isAlive {
+                throw .cloneInUse(path: finalPath, owner: existing.owner.pid)
+            }
+            logger.warning("removing a stale clone of the same job left by a dead agent", metadata: ["vm.clone": "\(finalPath)"])
+            remove(CloneDirectory(key: key, path: finalPath, runtimePath: runtimeBase + "/" + key, diskName: ""))
+        }
+
+        let chosen = try resolveStrategy(bundle: bundle)
+        let diskName = chosen == .overlay ? "disk.qcow2" : "disk.\(bundle.manifest.disk.format.rawValue)"
+        let temporaryPath = clonesPath + "/.new-\(key)-\(UUID().uuidString.prefix(8).lowercased())"
+        let temporary = CloneDirectory(key: key, path: temporaryPath, runtimePath: runtimeBase + "/" + key, diskName: diskName)
+        guard mkdir(temporaryPath, 0o700) == 0 else { throw .io(operation: "create", path: temporaryPath, errno: errno) }
+        var renamed = false
+        defer { if !renamed { try? FileManager.default.removeItem(atPath: temporaryPath) } }
+
+        let now = Date()
+        var record = CloneRecord(
+            key: key, server: server, job: job, owner: .current(), createdAt: now,
+            deadline: now.addingTimeInterval(lifetime.secondsDouble), strategy: chosen.rawValue, bundle: bundle.path)
+        try record.write(to: temporary.ownerPath)
+        try await makeDisk(from: bundle, into: temporary.diskPath, strategy: chosen)
+        if let nvram = bundle.nvramPath {
+            try copySmallFile(from: nvram, to: temporary.nvramPath, mode: 0o600)
+        }
+        try makeDirectory(temporary.keysPath, mode: 0o700)
+        if bundle.manifest.guest.keys == .fwCfg {
+            try await generateKey(at: temporary.clientKeyPath, comment: "mayfly-client-\(key)")
+            try await generateKey(at: temporary.hostKeyPath, comment: "mayfly-host-\(key)")
+        }
+        // The clone's creation time is when it became usable; the grace period counts from here.
+        record.createdAt = Date()
+        try record.write(to: temporary.ownerPath)
+        guard rename(temporaryPath, finalPath) == 0 else {
+            throw .io(operation: "rename into place", path: finalPath, errno: errno)
+        }
+        renamed = true
+        try makeDirectory(temporary.runtimePath, mode: 0o700)
+        let clone = CloneDirectory(key: key, path: finalPath, runtimePath: temporary.runtimePath, diskName: diskName)
+        let duration = clock.now - started
+        logger.info(
+            "cloned bundle \(bundle.manifest.name) by \(chosen.rawValue) in \(DurationText.seconds(duration))",
+            metadata: ["vm.clone": "\(finalPath)", "vm.clone_strategy": "\(chosen.rawValue)"])
+        return Made(clone: clone, strategy: chosen, record: record, duration: duration)
+    }
+
+    /// The strategy to use for `bundle`: the configured one if it works here (else an error),
+    /// or for `auto` the fastest that works.
+    public func resolveStrategy(bundle: BundleDirectory) throws(VMError) -> CloneStrategyChoice {
+        let capabilities = CloneCapabilities.probe(directory: clonesPath)
+        let sameFilesystem = Self.sameFilesystem(bundle.diskPath, clonesPath)
+        switch strategy {
+        case .auto:
+            if capabilities.reflink && sameFilesystem { return .reflink }
+            if capabilities.overlay { return .overlay }
+            return .copy
+        case .reflink:
+            guard capabilities.reflink else {
+                throw .cloneStrategyUnavailable(strategy: .reflink, reason: capabilities.reflinkReason)
+            }
+            guard sameFilesystem else {
+                throw .cloneStrategyUnavailable(
+                    strategy: .reflink, reason: "the bundle (\(bundle.path)) is on another filesystem than \(clonesPath)")
+            }
+            return .reflink
+        case .overlay:
+            guard capabilities.overlay else {
+                throw .cloneStrategyUnavailable(strategy: .overlay, reason: capabilities.overlayReason)
+            }
+            return .overlay
+        case .copy:
+            return .copy
+        }
+    }
+
+    private func makeDisk(from bundle: BundleDirectory, into destination: String, strategy: CloneStrategyChoice)
+        async throws(VMError)
+    {
+        let golden = bundle.diskPath
+        switch strategy {
+        case .overlay:
+            let format = bundle.manifest.disk.format.rawValue
+            do {
+                // An absolute backing path: a relative one would be resolved against the overlay's directory.
+                _ = try await CommandRunner.run(
+                    "qemu-img", ["create", "-q", "-f", "qcow2", "-b", golden, "-F", format, destination], timeout: .seconds(60)
+                ).check()
+            } catch {
+                throw .command(executable: "qemu-img create", status: error.reason, stderr: error.standardError)
+            }
+        case .reflink:
+            let source = open(golden, O_RDONLY | O_CLOEXEC)
+            guard source >= 0 else { throw .io(operation: "open", path: golden, errno: errno) }
+            defer { close(source) }
+            let target = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            guard target >= 0 else { throw .io(operation: "create", path: destination, errno: errno) }
+            defer { close(target) }
+            guard mayfly_ficlone(target, source) == 0 else {
+                throw .io(operation: "reflink (FICLONE) onto", path: destination, errno: errno)
+            }
+        case .copy, .auto:
+            try await FileCopier.sparseCopy(from: golden, to: destination)
+        }
+        chmod(destination, 0o600)
+    }
+
+    private func generateKey(at path: String, comment: String) async throws(VMError) {
+        do {
+            _ = try await CommandRunner.run(
+                "ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path], timeout: .seconds(30)
+            ).check()
+        } catch {
+            throw .command(executable: "ssh-keygen", status: error.reason, stderr: error.standardError)
+        }
+    }
+
+    /// Deletes the clone directory and its runtime directory. Never throws: cleanup must not be
+    /// stopped by a file that is already gone; what cannot be removed is logged.
+    public func remove(_ clone: CloneDirectory) {
+        for path in [clone.path, clone.runtimePath] where FileManager.default.fileExists(atPath: path) {
+            do {
+                try FileManager.default.removeItem(atPath: path)
+            } catch {
+                logger.error("could not remove \(path): \(error)", metadata: ["vm.clone": "\(clone.path)"])
+            }
+        }
+    }
+
+    static func sameFilesystem(_ a: String, _ b: String) -> Bool {
+        var first = stat()
+        var second = stat()
+        guard stat(a, &first) == 0, stat(b, &second) == 0 else { return false }
+        return first.st_dev == second.st_dev
+    }
+
+    private func makeDirectory(_ path: String, mode: mode_t) throws(VMError) {
+        if mkdir(path, mode) != 0 && errno != EEXIST { throw .io(operation: "create", path: path, errno: errno) }
+    }
+
+    private func copySmallFile(from source: String, to destination: String, mode: mode_t) throws(VMError) {
+        guard let data = FileManager.default.contents(atPath: source) else {
+            throw .io(operation: "read", path: source, errno: EIO)
+        }
+        guard FileManager.default.createFile(atPath: destination, contents: data, attributes: [.posixPermissions: Int(mode)])
+        else {
+            throw .io(operation: "write", path: destination, errno: EIO)
+        }
+    }
+}
