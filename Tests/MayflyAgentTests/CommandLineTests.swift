@@ -62,6 +62,26 @@ struct CommandLineTests {
         }
     }
 
+    @Test("bundle verify: 0 for an intact bundle, 65 and each mismatch for a damaged one; inspect shows the manifest")
+    func bundleCommands() async throws {
+        try await withTemporaryDirectory { directory in
+            let copy = try TestBundle.copyTiny(into: directory)
+            let intact = try runMayfly(["bundle", "verify", copy])
+            #expect(intact.status == 0, "\(intact.stderr)")
+            #expect(intact.stdout.contains("all 6 files match"))
+            let inspect = try runMayfly(["bundle", "inspect", copy])
+            #expect(inspect.status == 0)
+            #expect(inspect.stdout.contains("boot:     kernel"))
+            try "changed".write(toFile: copy + "/ssh/id_ed25519.pub", atomically: false, encoding: .utf8)
+            let damaged = try runMayfly(["bundle", "verify", copy])
+            #expect(damaged.status == 65)
+            #expect(damaged.stdout.contains("mismatch: ssh/id_ed25519.pub"))
+            let missing = try runMayfly(["bundle", "inspect", directory.appendingPathComponent("nothing").path])
+            #expect(missing.status == 65)
+            #expect(missing.stderr.contains("is not a bundle directory"))
+        }
+    }
+
     @Test("version and usage errors")
     func versionAndUsage() throws {
         let version = try runMayfly(["version"])

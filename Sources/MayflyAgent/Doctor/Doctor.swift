@@ -44,6 +44,7 @@ public struct Doctor: Sendable {
             checks.append(contentsOf: cloneStrategies())
             checks.append(freeDisk())
         }
+        checks.append(bundle())
         return checks
     }
 
@@ -143,6 +144,24 @@ public struct Doctor: Sendable {
                 "vm.clone is \(choice.rawValue): clones will be made by \(effective.rawValue)",
                 fix: works ? nil : "set vm.clone: auto"))
         return checks
+    }
+
+    private func bundle() -> DoctorCheck {
+        guard let name = configuration.vm.bundle else {
+            return DoctorCheck(
+                "bundle", .warn, "vm.bundle is not set: jobs must name their bundle",
+                fix: "set vm.bundle to a bundle directory or a name under \(configuration.bundlesDirectory)")
+        }
+        do {
+            let bundle = try BundleDirectory.locate(name, bundlesDirectory: configuration.bundlesDirectory)
+            let manifest = bundle.manifest
+            return DoctorCheck(
+                "bundle", .ok,
+                "\(bundle.path): \(manifest.boot.mode.rawValue) boot, \(manifest.disk.format.rawValue) disk, "
+                    + "\(manifest.cpus) cpu, \(manifest.memory) (mayfly bundle verify re-hashes it)")
+        } catch {
+            return DoctorCheck("bundle", .fail, "\(error)", fix: "build or import a bundle (docs/bundles.md)")
+        }
     }
 
     private func freeDisk() -> DoctorCheck {
