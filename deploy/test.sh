@@ -5,9 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/setup.sh
-if [ -x deploy/images/tiny/build.sh ]; then
-  bash deploy/images/tiny/build.sh
-fi
+bash deploy/images/tiny/build.sh
+bash deploy/images/tiny/build.sh --boot uefi
 
 echo "test: swift format lint --strict"
 swift format lint --strict -r Sources Tests Package.swift

@@ -23,6 +23,20 @@ public enum TestBundle {
         return path
     }
 
+    /// The UEFI variant (`build.sh --boot uefi`): OVMF firmware with a per-clone NVRAM.
+    public static func tinyUEFIPath() throws -> String {
+        let path =
+            ProcessInfo.processInfo.environment["MAYFLY_TEST_UEFI_BUNDLE"]
+            ?? repositoryRoot.appendingPathComponent(".images/tiny-uefi").path
+        guard FileManager.default.fileExists(atPath: path + "/bundle.yaml") else {
+            throw Missing(
+                description:
+                    "the UEFI test bundle is not built at \(path); run deploy/images/tiny/build.sh --boot uefi (deploy/test.sh does)"
+            )
+        }
+        return path
+    }
+
     /// A private copy of the tiny bundle in `directory` (for tests that hold locks on or change
     /// the golden files); large files are reflinked or copied sparsely.
     public static func copyTiny(into directory: URL) throws -> String {

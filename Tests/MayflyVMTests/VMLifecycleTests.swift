@@ -254,3 +254,55 @@ final class PIDBox: @unchecked Sendable {
     var value: Int32 { lock.withLock { stored } }
     func set(_ pid: Int32) { lock.withLock { stored = pid } }
 }
+
+/// The UEFI path: OVMF with the clone's own NVRAM (the auxiliary storage), under Mayfly's flock.
+@Suite("UEFI guest and its NVRAM lock", .serialized)
+struct UEFILockTests {
+    @Test(
+        "a second holder of the clone's NVRAM for about 2 s delays the boot through retries; the NVRAM is locked while the VM runs"
+    )
+    func nvramHeldBriefly() async throws {
+        try await withTemporaryDirectory { directory in
+            let bundle = try BundleDirectory(path: try TestBundle.tinyUEFIPath())
+            #expect(bundle.manifest.boot.mode == .uefi)
+            let (logger, log) = recordingLogger()
+            var options = testOptions()
+            options.gracePeriod = .seconds(1)
+            let runtime = directory.appendingPathComponent("run")
+            let launcher = VMLauncher(workDirectory: directory.path, options: options, logger: logger, runtimeBase: runtime.path)
+            let key = CloneDirectory.key(server: "local", job: "uefi")
+            let nvram = directory.appendingPathComponent("clones/\(key)/nvram.fd").path
+            let holder = HolderBox()
+            let result = try await launcher.withVM(bundle: bundle, server: "local", job: "uefi", lifetime: .seconds(600)) {
+                phase, duration in
+                // The clone exists once the grace period starts: another "agent" grabs its NVRAM.
+                if phase == .grace && duration == nil { holder.start(nvram, seconds: 2) }
+            } _: { vm -> (Int, Bool, String) in
+                let locked = (try AuxiliaryStorageLock.tryAcquire(vm.clone.nvramPath)) == nil
+                let output = try await SSHCommand(endpoint: vm.ssh).run("echo uefi-ok")
+                return (vm.timings.lockAttempts, locked, output.standardOutput)
+            }
+            #expect(holder.pid > 0)
+            #expect(result.0 > 1, "the boot waited for the NVRAM through retries")
+            #expect(result.1, "Mayfly holds the NVRAM exclusively while the VM runs")
+            #expect(result.2.contains("uefi-ok"))
+            #expect(log.messages.contains { $0.message.contains("nvram.fd is busy") && $0.message.contains("pid \(holder.pid)") })
+            await expectCleanedUp(directory, runtime: runtime, key: key)
+        }
+    }
+}
+
+/// Starts a flock holder from a synchronous callback and remembers it.
+final class HolderBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var child: TestChild?
+
+    var pid: Int32 { lock.withLock { child?.pid ?? 0 } }
+
+    func start(_ path: String, seconds: Double) {
+        let script =
+            "import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\ntime.sleep(float(sys.argv[2]))\n"
+        let started = try? TestChild("/usr/bin/env", ["python3", "-c", script, path, "\(seconds)"])
+        lock.withLock { child = started }
+    }
+}
