@@ -74,7 +74,7 @@ struct VMLifecycleTests {
             }
             #expect(output.contains("done"))
             #expect(output.contains("amd64"))
-            #expect(phases.names == ["clone", "clone", "grace", "grace", "lock", "lock", "boot", "boot"])
+            #expect(phases.names == ["clone", "clone", "grace", "grace", "lock", "lock", "boot", "boot", "cleanup", "cleanup"])
             #expect(log.allText.contains("guest is up"))
             await expectCleanedUp(directory, runtime: runtime, key: key)
         }

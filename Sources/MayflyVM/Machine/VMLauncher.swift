@@ -76,10 +76,10 @@ public struct VMLauncher: Sendable {
                 bundle: bundle, clone: made.clone, cloneStrategy: made.strategy, accelerator: accelerator,
                 qemu: launched.booted.qemu, ssh: launched.booted.endpoint, timings: timings)
             let result = try await body(machine)
-            await tearDown(booted, clone: made.clone, graceful: true)
+            await tearDown(booted, clone: made.clone, graceful: true, onPhase: onPhase)
             return result
         } catch {
-            await tearDown(booted, clone: made.clone, graceful: false)
+            await tearDown(booted, clone: made.clone, graceful: false, onPhase: onPhase)
             throw error
         }
     }
@@ -221,10 +221,16 @@ public struct VMLauncher: Sendable {
 
     /// Stops QEMU (in order when `graceful`), releases the lock and deletes the clone. Runs in
     /// its own task so that a cancelled job still cleans up completely.
-    private func tearDown(_ booted: Booted?, clone: CloneDirectory, graceful: Bool) async {
+    private func tearDown(
+        _ booted: Booted?, clone: CloneDirectory, graceful: Bool, onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void
+    ) async {
         let cloner = self.cloner
         let logger = self.logger
         let shutdownGrace = options.shutdownGrace
+        let clock = ContinuousClock()
+        let started = clock.now
+        onPhase(.cleanup, nil)
+        defer { onPhase(.cleanup, clock.now - started) }
         await Task {
             if let booted {
                 let reason = graceful ? await booted.qemu.stop(graceful: shutdownGrace) : await booted.qemu.kill()

@@ -28,9 +28,10 @@ public struct SSHEndpoint: Sendable, Equatable {
     public let knownHosts: String
 }
 
-/// The phases of preparing a VM, in order, as reported while they happen.
+/// The phases of a VM's life that the launcher owns, in order, as reported while they happen.
+/// `cleanup` (stopping QEMU, deleting the clone) comes after the caller's body, on every path.
 public enum VMPhase: String, Sendable, CaseIterable {
-    case clone, grace, lock, boot
+    case clone, grace, lock, boot, cleanup
 }
 
 /// How long each phase of preparing the VM took, and how many lock attempts were needed.

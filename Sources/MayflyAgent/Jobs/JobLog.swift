@@ -1,0 +1,62 @@
+import MayflyCore
+
+/// Where a job's log finally goes: the terminal for `mayfly exec`, the spool and the CI server
+/// for jobs from a server. Writes arrive in order, already masked and limited.
+public protocol JobLogSink: Sendable {
+    func write(_ bytes: [UInt8]) async
+}
+
+/// A job's log: everything the job printed and every line Mayfly adds (header, phases, errors,
+/// footer), masked before it leaves this type (masked values become `[MASKED]`, also when split
+/// across writes) and cut at the log limit with a notice. One per job; bounded memory.
+public actor JobLog {
+    private let sink: any JobLogSink
+    private var masker: SecretMasker
+    private let limit: UInt64
+    private(set) var bytesWritten: UInt64 = 0
+    private(set) var truncated = false
+    private var endsWithNewline = true
+
+    public init(sink: any JobLogSink, maskedValues: [String], limit: ByteSize) {
+        self.sink = sink
+        self.masker = SecretMasker(secrets: maskedValues)
+        self.limit = limit.bytes
+    }
+
+    /// Output of the job itself.
+    public func write(_ bytes: [UInt8]) async {
+        await emit(masker.mask(bytes))
+    }
+
+    /// A line of Mayfly's own (`text` without its newline), on a line of its own. Any output still
+    /// held back by the masker goes first, so the order is kept.
+    public func line(_ text: String) async {
+        await emit(masker.finish())
+        await emit(masker.mask(Array(((endsWithNewline ? "" : "\n") + text + "\n").utf8)))
+        await emit(masker.finish())
+    }
+
+    /// Flushes what the masker still holds.
+    public func finish() async {
+        await emit(masker.finish())
+    }
+
+    public var size: UInt64 { bytesWritten }
+
+    private func emit(_ bytes: [UInt8]) async {
+        guard !bytes.isEmpty, !truncated else { return }
+        endsWithNewline = bytes.last == 10
+        let room = limit > bytesWritten ? limit - bytesWritten : 0
+        if UInt64(bytes.count) <= room {
+            bytesWritten += UInt64(bytes.count)
+            await sink.write(bytes)
+            return
+        }
+        let kept = Array(bytes.prefix(Int(room)))
+        let notice = Array(
+            "\nJob's log exceeded the limit of \(ByteSize(bytes: limit)); the rest of the output is dropped.\n".utf8)
+        bytesWritten += UInt64(kept.count + notice.count)
+        truncated = true
+        await sink.write(kept + notice)
+    }
+}

@@ -1,0 +1,268 @@
+import Foundation
+import Logging
+import MayflyCore
+import MayflyGuest
+import MayflyVM
+
+/// The steps of a job, in order. Every failure and cancellation goes to `cleanup`.
+public enum JobPhase: String, Sendable, CaseIterable {
+    case clone, grace, lock, boot, connect, script
+    case afterScript = "after_script"
+    case cleanup
+
+    init(_ phase: VMPhase) {
+        switch phase {
+        case .clone: self = .clone
+        case .grace: self = .grace
+        case .lock: self = .lock
+        case .boot: self = .boot
+        case .cleanup: self = .cleanup
+        }
+    }
+}
+
+/// What the runner tells its caller while a job runs (for progress displays).
+public enum JobEvent: Sendable {
+    case started(JobPhase)
+    case finished(JobPhase, Duration)
+}
+
+/// How a job went, with the time spent in each phase.
+public struct JobReport: Sendable {
+    public var outcome: JobOutcome
+    public var timings: [(phase: JobPhase, duration: Duration)] = []
+    public var total: Duration = .zero
+
+    public func duration(of phase: JobPhase) -> Duration? {
+        timings.first { $0.phase == phase }?.duration
+    }
+}
+
+/// Runs one job in a fresh VM, as one state machine: clone → grace → lock → boot → connect →
+/// script → after_script → cleanup. The VM layer guarantees the clone and QEMU are gone on
+/// every path; this type maps each failure to a `JobOutcome` and writes the job's log: a header
+/// (bundle, clone strategy, accelerator, Mayfly version), the output, the result, and the time
+/// spent in each phase.
+public struct JobRunner: Sendable {
+    public let configuration: Configuration
+    let logger: Logger
+    let runtimeBase: String
+    let kvm: KVMAssessment
+
+    public init(
+        configuration: Configuration, logger: Logger, runtimeBase: String = RuntimeDirectory.base(),
+        kvm: KVMAssessment = .assess()
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        self.runtimeBase = runtimeBase
+        self.kvm = kvm
+    }
+
+    /// The VM options the configuration asks for.
+    public var vmOptions: VMOptions {
+        var options = VMOptions()
+        options.cpus = configuration.vm.cpus
+        options.memory = configuration.vm.memory
+        options.accelerator = configuration.vm.accelerator
+        options.clone = configuration.vm.clone
+        options.gracePeriod = configuration.vm.gracePeriod
+        options.lockRetry = configuration.vm.lockRetry
+        options.bootTimeout = configuration.vm.bootTimeout
+        return options
+    }
+
+    /// The timeout that applies: the job's own, capped by `job.timeout`.
+    public func effectiveTimeout(for job: Job) -> Duration {
+        min(job.timeout ?? configuration.job.timeout, configuration.job.timeout)
+    }
+
+    /// Runs `job` for `server` (a name for the clone key; "local" for exec), writing to `log`.
+    /// Never throws: every way a job can end is an outcome, and the log says why.
+    public func run(_ job: Job, server: String, log: JobLog, events: @escaping @Sendable (JobEvent) -> Void = { _ in }) async
+        -> JobReport
+    {
+        let jobLogger = {
+            var logger = self.logger
+            logger[metadataKey: "job.id"] = "\(job.id)"
+            return logger
+        }()
+        let clock = ContinuousClock()
+        let started = clock.now
+        let recorder = PhaseClock(events: events)
+        let timeout = effectiveTimeout(for: job)
+        await log.line("Running with mayfly \(MayflyVersion.current) on \(configuration.name), job \(job.id)")
+
+        let outcome: JobOutcome
+        do {
+            let bundle = try locateBundle(for: job)
+            await log.line("Preparing a VM from bundle \(bundle.manifest.name) (\(bundle.path))")
+            outcome = try await withJobTimeout(timeout) {
+                try await runInVM(
+                    job, bundle: bundle, server: server, log: log, recorder: recorder, logger: jobLogger, timeout: timeout)
+            }
+        } catch let error as TimedOut {
+            outcome = .timedOut(after: error.after)
+        } catch is CancellationError {
+            outcome = .cancelled
+        } catch {
+            outcome = .systemFailure("\(error)")
+        }
+        recorder.finishOpenPhases()
+        await log.finish()
+        var report = JobReport(outcome: outcome, timings: recorder.timings, total: clock.now - started)
+        report.timings.sort { JobPhase.allCases.firstIndex(of: $0.phase)! < JobPhase.allCases.firstIndex(of: $1.phase)! }
+        await writeFooter(report, log: log)
+        jobLogger.info("job \(outcome)", metadata: ["job.duration": "\(DurationText.seconds(report.total))"])
+        return report
+    }
+
+    private func locateBundle(for job: Job) throws -> BundleDirectory {
+        guard let name = job.bundle ?? configuration.vm.bundle else {
+            throw VMError.bundle(path: "(none)", problem: "no bundle: set vm.bundle in the configuration, or bundle in the job")
+        }
+        return try BundleDirectory.locate(name, bundlesDirectory: configuration.bundlesDirectory)
+    }
+
+    private func runInVM(
+        _ job: Job, bundle: BundleDirectory, server: String, log: JobLog, recorder: PhaseClock, logger: Logger, timeout: Duration
+    ) async throws -> JobOutcome {
+        let launcher = VMLauncher(
+            workDirectory: configuration.workDirectory, options: vmOptions, logger: logger, runtimeBase: runtimeBase,
+            kvm: kvm)
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        let lifetime = timeout + job.afterScriptTimeout + vmOptions.bootTimeout + .seconds(300)
+        return try await launcher.withVM(bundle: bundle, server: server, job: job.id, lifetime: lifetime) { phase, duration in
+            if let duration { recorder.finish(JobPhase(phase), duration) } else { recorder.start(JobPhase(phase)) }
+        } _: { vm in
+            await log.line(
+                "Using bundle \(vm.bundle.manifest.name), cloned by \(vm.cloneStrategy.rawValue), accelerator \(vm.accelerator.rawValue), mayfly \(MayflyVersion.current)"
+            )
+            if vm.timings.lockAttempts > 1 {
+                await log.line("The auxiliary-storage lock was busy: took it on attempt \(vm.timings.lockAttempts)")
+            }
+            recorder.start(.connect)
+            _ = try await GuestConnection.waitUntilReady(vm.ssh, timeout: vmOptions.bootTimeout)
+            recorder.finish(.connect)
+
+            let runner = ScriptRunner(endpoint: vm.ssh, logger: logger)
+            let workdir = job.workingDirectory ?? vm.bundle.manifest.guest.workdir
+            recorder.start(.script)
+            let remaining = max(.milliseconds(1), deadline - clock.now)
+            let main = try await runner.run(
+                GuestScript(lines: job.script, variables: job.variables, workingDirectory: workdir),
+                timeout: remaining
+            ) { bytes in await log.write(bytes) }
+            recorder.finish(.script)
+            await log.finish()
+
+            let outcome: JobOutcome
+            switch main {
+            case .exited(let status): outcome = .exited(status)
+            case .timedOut: throw TimedOut(after: timeout)
+            case .transportFailed(let reason):
+                throw GuestError.unreachable(endpoint: "\(vm.ssh.host):\(vm.ssh.port)", lastError: reason)
+            }
+
+            if !job.afterScript.isEmpty {
+                recorder.start(.afterScript)
+                await log.line("Running after_script")
+                let after = try await runner.run(
+                    GuestScript(lines: job.afterScript, variables: job.variables, workingDirectory: workdir),
+                    timeout: job.afterScriptTimeout
+                ) { bytes in await log.write(bytes) }
+                await log.finish()
+                switch after {
+                case .exited(0): break
+                case .exited(let status): await log.line("WARNING: after_script failed with exit status \(status) (ignored)")
+                case .timedOut:
+                    await log.line(
+                        "WARNING: after_script timed out after \(DurationText.format(job.afterScriptTimeout)) (ignored)")
+                case .transportFailed(let reason): await log.line("WARNING: after_script could not finish: \(reason) (ignored)")
+                }
+                recorder.finish(.afterScript)
+            }
+            return outcome
+        }
+    }
+
+    private func writeFooter(_ report: JobReport, log: JobLog) async {
+        switch report.outcome {
+        case .exited(0): await log.line("Job succeeded")
+        case .exited(let status): await log.line("ERROR: Job failed: exit status \(status)")
+        case .timedOut(let after): await log.line("ERROR: Job failed: execution took longer than \(DurationText.format(after))")
+        case .cancelled: await log.line("ERROR: Job was cancelled")
+        case .systemFailure(let reason): await log.line("ERROR: Job failed (system failure): \(reason)")
+        }
+        let parts = report.timings.map { "\($0.phase.rawValue) \(DurationText.seconds($0.duration))" }
+        await log.line("Timings: " + (parts + ["total \(DurationText.seconds(report.total))"]).joined(separator: ", "))
+        await log.finish()
+    }
+
+    /// Runs `body`, cancelling it when `timeout` passes (then throws `TimedOut`).
+    private func withJobTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws
+        -> T
+    {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            do {
+                guard let value = try await group.next()! else {
+                    group.cancelAll()
+                    // Let the VM layer finish its cleanup before reporting.
+                    while let next = try? await group.next() { _ = next }
+                    throw TimedOut(after: timeout)
+                }
+                return value
+            } catch is CancellationError where !Task.isCancelled {
+                throw TimedOut(after: timeout)
+            }
+        }
+    }
+}
+
+/// The job's time limit passed.
+struct TimedOut: Error {
+    let after: Duration
+}
+
+/// Records when each phase starts and ends, and passes the events on.
+final class PhaseClock: @unchecked Sendable {
+    private let lock = NSLock()
+    private var starts: [JobPhase: ContinuousClock.Instant] = [:]
+    private var recorded: [(phase: JobPhase, duration: Duration)] = []
+    private let events: @Sendable (JobEvent) -> Void
+
+    init(events: @escaping @Sendable (JobEvent) -> Void) { self.events = events }
+
+    var timings: [(phase: JobPhase, duration: Duration)] { lock.withLock { recorded } }
+
+    func start(_ phase: JobPhase) {
+        lock.withLock { starts[phase] = ContinuousClock.now }
+        events(.started(phase))
+    }
+
+    func finish(_ phase: JobPhase, _ measured: Duration? = nil) {
+        let duration: Duration? = lock.withLock {
+            guard let start = starts.removeValue(forKey: phase) else { return measured }
+            return measured ?? (ContinuousClock.now - start)
+        }
+        guard let duration else { return }
+        lock.withLock {
+            recorded.removeAll { $0.phase == phase }
+            recorded.append((phase, duration))
+        }
+        events(.finished(phase, duration))
+    }
+
+    /// Ends the phases a failure or cancellation interrupted, so that their time is reported too.
+    func finishOpenPhases() {
+        let open: [JobPhase] = lock.withLock { Array(starts.keys) }
+        for phase in open { finish(phase) }
+    }
+}
