@@ -1,11 +1,13 @@
 /// Replaces secret values with `[MASKED]` in a stream of bytes, also when a value is split
-/// across chunks: it holds back the last (longest secret − 1) bytes of each chunk until it knows
-/// they do not begin a secret. Memory is bounded by that hold-back, whatever the volume.
+/// across chunks: it holds back the end of a chunk only while it could still be the beginning of
+/// a secret (at most the longest secret's length less one). Memory is bounded by that,
+/// whatever the volume.
 public struct SecretMasker: Sendable {
     public static let replacement = Array("[MASKED]".utf8)
 
     private let secrets: [[UInt8]]
-    private let holdBack: Int
+    /// Which bytes can begin a secret: every other byte is passed through at once.
+    private let firstBytes: [Bool]
     private var pending: [UInt8] = []
 
     /// `secrets` shorter than `minimumLength` bytes are not masked (masking "a" would destroy the
@@ -14,7 +16,9 @@ public struct SecretMasker: Sendable {
         let bytes = Set(secrets.map { Array($0.utf8) }.filter { $0.count >= minimumLength })
         // Longest first, so that a secret containing another is replaced whole.
         self.secrets = bytes.sorted { $0.count > $1.count }
-        holdBack = max(0, (self.secrets.first?.count ?? 0) - 1)
+        var firstBytes = [Bool](repeating: false, count: 256)
+        for secret in self.secrets { firstBytes[Int(secret[0])] = true }
+        self.firstBytes = firstBytes
     }
 
     public var isEmpty: Bool { secrets.isEmpty }
@@ -23,7 +27,7 @@ public struct SecretMasker: Sendable {
     public mutating func mask(_ chunk: [UInt8]) -> [UInt8] {
         if secrets.isEmpty { return chunk }
         pending += chunk
-        let (output, consumed) = replace(in: pending, keepingTail: holdBack)
+        let (output, consumed) = replace(in: pending, finishing: false)
         pending.removeFirst(consumed)
         return output
     }
@@ -31,32 +35,31 @@ public struct SecretMasker: Sendable {
     /// Emits what is still held back (at the end of the stream).
     public mutating func finish() -> [UInt8] {
         if secrets.isEmpty { return [] }
-        let (output, _) = replace(in: pending, keepingTail: 0)
+        let (output, _) = replace(in: pending, finishing: true)
         pending.removeAll()
         return output
     }
 
-    /// Replaces secrets in `buffer`, leaving unconsumed a tail of up to `keep` bytes that could
-    /// still be the beginning of a secret. Returns the output and how many bytes were consumed.
-    private func replace(in buffer: [UInt8], keepingTail keep: Int) -> ([UInt8], Int) {
+    /// Replaces secrets in `buffer`. Unless `finishing`, it stops before a position where the
+    /// rest of the buffer could still be the beginning of a secret (it cannot tell yet).
+    /// Returns the output and how many bytes were consumed.
+    private func replace(in buffer: [UInt8], finishing: Bool) -> ([UInt8], Int) {
         var output: [UInt8] = []
         output.reserveCapacity(buffer.count)
         var index = 0
-        let safeEnd = buffer.count - keep
         while index < buffer.count {
-            var matched: [UInt8]?
-            for secret in secrets where index + secret.count <= buffer.count {
-                if buffer[index] == secret[0] && buffer[index..<index + secret.count].elementsEqual(secret) {
-                    matched = secret
-                    break
-                }
+            if !firstBytes[Int(buffer[index])] {
+                output.append(buffer[index])
+                index += 1
+                continue
             }
-            if let matched {
+            let rest = buffer[index...]
+            if !finishing && secrets.contains(where: { $0.count > rest.count && $0.starts(with: rest) }) { break }
+            if let matched = secrets.first(where: { $0.count <= rest.count && rest.starts(with: $0) }) {
                 output += Self.replacement
                 index += matched.count
                 continue
             }
-            if index >= safeEnd { break }
             output.append(buffer[index])
             index += 1
         }

@@ -49,7 +49,7 @@ public struct ProcessIdentity: Codable, Sendable, Equatable {
         return UInt64(fields[19])
     }
 
-    static func isZombie(_ pid: Int32) -> Bool {
+    public static func isZombie(_ pid: Int32) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")")
         else {
             return false
