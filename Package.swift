@@ -72,11 +72,20 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // GitLab's runner API: registration, job requests, status updates, trace uploads.
+        .target(
+            name: "MayflyGitLab",
+            dependencies: [
+                "MayflyCore", "MayflyHTTP",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Configuration, doctor, logging set-up and (later) the job pipeline and daemon.
         .target(
             name: "MayflyAgent",
             dependencies: [
-                "MayflyCore", "MayflyHTTP", "MayflyVM", "MayflyGuest",
+                "MayflyCore", "MayflyHTTP", "MayflyVM", "MayflyGuest", "MayflyGitLab",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -86,7 +95,7 @@ let package = Package(
         .executableTarget(
             name: "mayfly",
             dependencies: [
-                "MayflyAgent", "MayflyVM", "MayflyCore",
+                "MayflyAgent", "MayflyVM", "MayflyCore", "MayflyGitLab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

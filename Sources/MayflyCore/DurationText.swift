@@ -88,15 +88,17 @@ extension Duration {
     }
 }
 
-extension String {
-    /// The string without leading and trailing spaces, tabs and newlines.
+extension StringProtocol {
+    /// The text without leading and trailing spaces, tabs and newlines.
     public func trimmingWhitespace() -> String {
         var scalars = Substring(self)
         while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }
         while let last = scalars.last, last.isWhitespace { scalars.removeLast() }
         return String(scalars)
     }
+}
 
+extension String {
     /// The string padded on the left to `width` characters.
     public func leftPadded(to width: Int, with pad: Character) -> String {
         count >= width ? self : String(repeating: pad, count: width - count) + self

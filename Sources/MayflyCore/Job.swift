@@ -4,6 +4,8 @@
 public struct Job: Sendable {
     /// The job's id as its source names it (GitLab's numeric id, or a generated one for exec).
     public var id: String
+    /// Commands run before the script and not shown in the log line by line (getting the sources).
+    public var prologue: [String] = []
     /// The main script: shell lines run in order; the first failing line fails the job.
     public var script: [String]
     /// Lines run after the main script whatever its result; their result does not change the job's.

@@ -5,6 +5,8 @@ import MayflyCore
 /// backticks and any Unicode pass through unchanged. The script goes to the guest over SSH's
 /// standard input, never on a command line (`ps` would show it).
 public struct GuestScript: Sendable {
+    /// Commands run first, not echoed (they print their own progress).
+    public var prologue: [String] = []
     public var lines: [String]
     public var variables: [JobVariable]
     public var workingDirectory: String
@@ -46,6 +48,7 @@ public struct GuestScript: Sendable {
         }
         text += "mkdir -p \(Self.quote(workingDirectory)) && cd \(Self.quote(workingDirectory)) || exit 1\n"
         if stopOnFirstFailure { text += "set -e\n" }
+        for line in prologue { text += line + "\n" }
         for line in lines {
             if echoLines {
                 // The echo shows the line as written; masked values are masked on the host side.

@@ -60,7 +60,7 @@ public struct ScriptRunner: Sendable {
                         await output(bytes)
                     }
                 }
-                return (execution.terminationStatus, execution.standardError ?? "")
+                return (execution.terminationStatus, execution.standardError)
             }
             group.addTask {
                 try await Task.sleep(for: timeout)

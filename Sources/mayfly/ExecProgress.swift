@@ -78,13 +78,13 @@ struct StandardOutputSink: JobLogSink {
     }
 }
 
-/// Turns SIGINT and SIGTERM into a call of `handler` (the default action, dying at once, would
-/// leave the VM behind). Keep the returned value alive while it should apply.
-final class InterruptWatcher: @unchecked Sendable {
+/// Turns signals into calls of `handler` (their default action, dying at once, would leave VMs
+/// behind). Keep the value alive while it should apply.
+final class SignalWatcher: @unchecked Sendable {
     private var sources: [any DispatchSourceSignal] = []
 
-    init(_ handler: @escaping @Sendable (Int32) -> Void) {
-        for signalNumber in [SIGINT, SIGTERM] {
+    init(signals: [Int32] = [SIGINT, SIGTERM], _ handler: @escaping @Sendable (Int32) -> Void) {
+        for signalNumber in signals {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler { handler(signalNumber) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import MayflyAgent
 import MayflyCore
+import MayflyGitLab
 import MayflyVM
 
 /// The one place where errors become exit statuses (sysexits.h where one fits):
@@ -47,7 +48,7 @@ struct ExitStatus {
         case let error as BundleVerificationFailed:
             code = Self.dataError
             message = error.description
-        case let error as UnavailableCommand:
+        case let error as GitLabError:
             code = Self.unavailable
             message = error.description
         case is CancellationError:
@@ -62,9 +63,4 @@ struct ExitStatus {
             message = described
         }
     }
-}
-
-/// A command this build cannot carry out yet, with what is missing.
-struct UnavailableCommand: Error, CustomStringConvertible {
-    let description: String
 }

@@ -9,7 +9,7 @@ struct Mayfly: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mayfly",
         abstract: "A CI runner that runs every job in its own short-lived QEMU virtual machine.",
-        subcommands: [Run.self, Exec.self, Bundle.self, Doctor.self, Config.self, Version.self]
+        subcommands: [Run.self, Exec.self, Register.self, Unregister.self, Bundle.self, Doctor.self, Config.self, Version.self]
     )
 
     static func main() async {

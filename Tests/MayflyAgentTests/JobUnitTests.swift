@@ -35,6 +35,22 @@ struct MaskingTests {
         #expect(String(decoding: output, as: UTF8.self) == "1[MASKED]2[MASKED]3xy")
     }
 
+    @Test("token prefixes and sensitive URL parameters are masked, also when split anywhere")
+    func prefixesAndParameters() {
+        let text = Array(
+            "token glpat-AbC123_x.y=z-9 end; url https://h/x?a=1&Private_Token=s3cr3t&b=2 and glrt-Q1 done; rtglpat- ;".utf8)
+        let expected = "token glpat-[MASKED] end; url https://h/x?a=1&Private_Token=[MASKED]&b=2 and glrt-[MASKED] done; rtglpat- ;"
+        for cut in 0...text.count {
+            var masker = SecretMasker(secrets: [], tokenPrefixes: SecretMasker.defaultTokenPrefixes, maskURLParameters: true)
+            let output = masker.mask(Array(text[..<cut])) + masker.mask(Array(text[cut...])) + masker.finish()
+            #expect(String(decoding: output, as: UTF8.self) == expected, "cut at \(cut)")
+        }
+        var long = SecretMasker(secrets: [], tokenPrefixes: ["glpat-"])
+        var output = long.mask(Array("glpat-".utf8) + Array(repeating: UInt8(ascii: "a"), count: 10_000))
+        output += long.mask(Array(repeating: UInt8(ascii: "a"), count: 100) + Array(" tail".utf8)) + long.finish()
+        #expect(String(decoding: output, as: UTF8.self) == "glpat-[MASKED] tail", "a very long token is dropped whole")
+    }
+
     @Test("the job log masks output and its own lines, and cuts at the limit with a notice")
     func jobLog() async {
         let sink = CollectingSink()

@@ -108,7 +108,16 @@ public struct Doctor: Sendable {
         let directory = configuration.workDirectory
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) else {
-            return DoctorCheck("work_dir", .fail, "\(directory) does not exist", fix: "mkdir -p \(directory) (or set work_dir)")
+            var parent = (directory as NSString).deletingLastPathComponent
+            while !parent.isEmpty && parent != "/" && !FileManager.default.fileExists(atPath: parent) {
+                parent = (parent as NSString).deletingLastPathComponent
+            }
+            if FileManager.default.isWritableFile(atPath: parent.isEmpty ? "/" : parent) {
+                return DoctorCheck("work_dir", .warn, "\(directory) does not exist yet; Mayfly creates it on first use")
+            }
+            return DoctorCheck(
+                "work_dir", .fail, "\(directory) does not exist and \(parent) is not writable by this user",
+                fix: "mkdir -p \(directory) as root and chown it to this user (or set work_dir)")
         }
         guard isDirectory.boolValue else {
             return DoctorCheck("work_dir", .fail, "\(directory) is not a directory", fix: "set work_dir to a directory")

@@ -1,11 +1,5 @@
 import MayflyCore
 
-/// Where a job's log finally goes: the terminal for `mayfly exec`, the spool and the CI server
-/// for jobs from a server. Writes arrive in order, already masked and limited.
-public protocol JobLogSink: Sendable {
-    func write(_ bytes: [UInt8]) async
-}
-
 /// A job's log: everything the job printed and every line Mayfly adds (header, phases, errors,
 /// footer), masked before it leaves this type (masked values become `[MASKED]`, also when split
 /// across writes) and cut at the log limit with a notice. One per job; bounded memory.
@@ -17,9 +11,9 @@ public actor JobLog {
     private(set) var truncated = false
     private var endsWithNewline = true
 
-    public init(sink: any JobLogSink, maskedValues: [String], limit: ByteSize) {
+    public init(sink: any JobLogSink, maskedValues: [String], limit: ByteSize, maskTokenPrefixes: [String] = []) {
         self.sink = sink
-        self.masker = SecretMasker(secrets: maskedValues)
+        self.masker = SecretMasker(secrets: maskedValues, tokenPrefixes: maskTokenPrefixes)
         self.limit = limit.bytes
     }
 

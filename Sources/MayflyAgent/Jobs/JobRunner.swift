@@ -78,10 +78,13 @@ public struct JobRunner: Sendable {
     }
 
     /// Runs `job` for `server` (a name for the clone key; "local" for exec), writing to `log`.
-    /// Never throws: every way a job can end is an outcome, and the log says why.
-    public func run(_ job: Job, server: String, log: JobLog, events: @escaping @Sendable (JobEvent) -> Void = { _ in }) async
-        -> JobReport
-    {
+    /// `control` carries a graceful cancel (stop the script, still run after_script); cancelling
+    /// the calling task stops everything. Never throws: every way a job can end is an outcome,
+    /// and the log says why.
+    public func run(
+        _ job: Job, server: String, log: JobLog, control: JobControl = JobControl(),
+        events: @escaping @Sendable (JobEvent) -> Void = { _ in }
+    ) async -> JobReport {
         let jobLogger = {
             var logger = self.logger
             logger[metadataKey: "job.id"] = "\(job.id)"
@@ -99,6 +102,7 @@ public struct JobRunner: Sendable {
             await log.line("Preparing a VM from bundle \(bundle.manifest.name) (\(bundle.path))")
             outcome = try await withJobTimeout(timeout) {
                 try await runInVM(
+                    control: control,
                     job, bundle: bundle, server: server, log: log, recorder: recorder, logger: jobLogger, timeout: timeout)
             }
         } catch let error as TimedOut {
@@ -125,6 +129,7 @@ public struct JobRunner: Sendable {
     }
 
     private func runInVM(
+        control: JobControl,
         _ job: Job, bundle: BundleDirectory, server: String, log: JobLog, recorder: PhaseClock, logger: Logger, timeout: Duration
     ) async throws -> JobOutcome {
         let launcher = VMLauncher(
@@ -150,19 +155,32 @@ public struct JobRunner: Sendable {
             let workdir = job.workingDirectory ?? vm.bundle.manifest.guest.workdir
             recorder.start(.script)
             let remaining = max(.milliseconds(1), deadline - clock.now)
-            let main = try await runner.run(
-                GuestScript(lines: job.script, variables: job.variables, workingDirectory: workdir),
-                timeout: remaining
-            ) { bytes in await log.write(bytes) }
+            var mainScript = GuestScript(lines: job.script, variables: job.variables, workingDirectory: workdir)
+            mainScript.prologue = job.prologue
+            // The main script races a graceful cancel from the server: that stops the script only.
+            let script = mainScript
+            let main = try await withThrowingTaskGroup(of: ScriptRunner.Outcome?.self) { group in
+                group.addTask { try await runner.run(script, timeout: remaining) { bytes in await log.write(bytes) } }
+                group.addTask {
+                    await control.waitForGracefulCancel()
+                    return nil
+                }
+                let first = try await group.next()!
+                group.cancelAll()
+                return first
+            }
             recorder.finish(.script)
             await log.finish()
 
             let outcome: JobOutcome
             switch main {
-            case .exited(let status): outcome = .exited(status)
-            case .timedOut: throw TimedOut(after: timeout)
-            case .transportFailed(let reason):
+            case .exited(let status)?: outcome = .exited(status)
+            case .timedOut?: throw TimedOut(after: timeout)
+            case .transportFailed(let reason)?:
                 throw GuestError.unreachable(endpoint: "\(vm.ssh.host):\(vm.ssh.port)", lastError: reason)
+            case nil:
+                await log.line("The job was cancelled: the script was stopped")
+                outcome = .cancelled
             }
 
             if !job.afterScript.isEmpty {

@@ -63,12 +63,12 @@ public struct CloneReaper: Sendable {
     private func kill(_ pid: Int32) async {
         Foundation.kill(pid, SIGTERM)
         for _ in 0..<100 where ProcessIdentity.of(pid: pid) != nil && !ProcessIdentity.isZombie(pid) {
-            await BlockingWork.run { usleep(20_000) }
+            _ = await BlockingWork.run { usleep(20_000) }
         }
         if ProcessIdentity.of(pid: pid) != nil && !ProcessIdentity.isZombie(pid) {
             Foundation.kill(pid, SIGKILL)
             for _ in 0..<100 where ProcessIdentity.of(pid: pid) != nil && !ProcessIdentity.isZombie(pid) {
-                await BlockingWork.run { usleep(20_000) }
+                _ = await BlockingWork.run { usleep(20_000) }
             }
         }
     }

@@ -209,7 +209,7 @@ public final class QEMUProcess: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + limit
         while !hasExited && clock.now < deadline {
-            await BlockingWork.run { usleep(20_000) }
+            _ = await BlockingWork.run { usleep(20_000) }
         }
         return hasExited
     }

@@ -48,7 +48,7 @@ struct Exec: AsyncParsableCommand {
         let runner = JobRunner(configuration: configuration, logger: logger)
         let jobToRun = job
         let task = Task { await runner.run(jobToRun, server: "local", log: log) { progress.handle($0) } }
-        let watcher = InterruptWatcher { signal in
+        let watcher = SignalWatcher { signal in
             progress.note("interrupted (signal \(signal)): stopping the VM")
             task.cancel()
         }

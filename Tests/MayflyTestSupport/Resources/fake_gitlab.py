@@ -20,6 +20,7 @@ import threading
 import time
 import zlib
 from datetime import datetime, timezone
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -48,12 +49,6 @@ EXECUTING = ("running", "canceling")  # §1.3, S11 EXECUTING_STATUSES
 FINISHED = ("success", "failed", "canceled")
 FAULT_ENDPOINTS = {"any", "register", "verify", "unregister", "unregister_manager", "reset_token",
                    "discovery", "request", "update", "trace"}
-REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-           403: "Forbidden", 404: "Not Found", 405: "Not Allowed", 409: "Conflict", 410: "Gone",
-           412: "Precondition Failed", 413: "Payload Too Large", 416: "Range Not Satisfiable",
-           422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error",
-           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-           504: "Gateway Timeout"}
 
 
 class HTTPAnswer(Exception):
@@ -232,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(body, (dict, list)):
             body, headers = json.dumps(body).encode(), [("Content-Type", "application/json")] + list(headers)
         body = body or b""
-        self.send_response(status, REASONS.get(status))
+        self.send_response(status)
         for name, value in headers:
             if value is not None:
                 self.send_header(name, str(value))
@@ -299,15 +294,16 @@ class Handler(BaseHTTPRequestHandler):
             STATE.requests.append(self.record)
 
     # ---- runner API ------------------------------------------------------------------------
+    # (path under /api/v4, {method: endpoint}); endpoint names the api_* method and the fault target
     ROUTES = [
-        (r"/runners/?", {"POST": ("register", "register"), "DELETE": ("unregister", "unregister")}),
-        (r"/runners/verify", {"POST": ("verify", "verify")}),
-        (r"/runners/managers", {"DELETE": ("unregister_manager", "unregister_manager")}),
-        (r"/runners/reset_authentication_token", {"POST": ("reset_token", "reset_token")}),
-        (r"/runners/router/discovery", {"GET": ("discovery", "discovery")}),
-        (r"/jobs/request", {"POST": ("request", "job_request")}),
-        (r"/jobs/(?P<id>[^/]+)", {"PUT": ("update", "update_job")}),
-        (r"/jobs/(?P<id>[^/]+)/trace", {"PATCH": ("trace", "patch_trace")}),
+        (r"/runners/?", {"POST": "register", "DELETE": "unregister"}),
+        (r"/runners/verify", {"POST": "verify"}),
+        (r"/runners/managers", {"DELETE": "unregister_manager"}),
+        (r"/runners/reset_authentication_token", {"POST": "reset_token"}),
+        (r"/runners/router/discovery", {"GET": "discovery"}),
+        (r"/jobs/request", {"POST": "request"}),
+        (r"/jobs/(?P<id>[^/]+)", {"PUT": "update"}),
+        (r"/jobs/(?P<id>[^/]+)/trace", {"PATCH": "trace"}),
     ]
 
     def api(self):
@@ -317,11 +313,11 @@ class Handler(BaseHTTPRequestHandler):
         for match, methods in matches:
             if self.command not in methods:
                 continue
-            endpoint, method = methods[self.command]
+            endpoint = methods[self.command]
             try:
                 if self.apply_fault(endpoint, match.groupdict().get("id")):
                     return
-                return getattr(self, method)(**match.groupdict())
+                return getattr(self, "api_" + endpoint)(**match.groupdict())
             except HTTPAnswer as answer:
                 return self.respond(answer.status, answer.body, answer.headers)
         if matches:
@@ -353,7 +349,8 @@ class Handler(BaseHTTPRequestHandler):
                     keep = int(fault["truncate_to"])  # lost storage, like a flushed Redis (§7.2 item 11)
                     del job.received[keep:], job.stored[keep:]
                 headers.append(("Range", "0-%d" % (len(job.received) if job else 0)))
-            message = fault.get("message") or f"{status} {REASONS.get(status, 'Error')}"
+            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+            message = fault.get("message") or f"{status} {phrase}"
         self.respond(status, {"message": message}, headers)
         return True
 
@@ -380,7 +377,7 @@ class Handler(BaseHTTPRequestHandler):
     def registration_details(runner):  # S9 RunnerRegistrationDetails
         return {"id": runner["id"], "token": runner["token"], "token_expires_at": runner["token_expires_at"]}
 
-    def register(self):  # §2.4
+    def api_register(self):  # §2.4
         params = self.params()
         self.required(params, "token")
         check_types(params, {"description": str, "maintenance_note": str, "maintainer_note": str,
@@ -412,20 +409,20 @@ class Handler(BaseHTTPRequestHandler):
             body = self.registration_details(runner)
         self.respond(201, body)
 
-    def verify(self):  # §2.5: 200 with the registration details (newest server)
+    def api_verify(self):  # §2.5: 200 with the registration details (newest server)
         params = self.params()
         with STATE.cv:
             body = self.registration_details(self.authenticate_runner(params))
         self.respond(200, body)
 
-    def unregister(self):  # §2.6: 204, no body
+    def api_unregister(self):  # §2.6: 204, no body
         params = self.params()
         with STATE.cv:
             runner = self.authenticate_runner(params, heartbeat=False)
             del STATE.runners[runner["token"]]
         self.respond(204)
 
-    def unregister_manager(self):  # §2.7
+    def api_unregister_manager(self):  # §2.7
         params = self.params()
         self.required(params, "token", "system_id")
         with STATE.cv:
@@ -434,7 +431,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise HTTPAnswer(404, {"message": "404 Runner manager Not Found"})
         self.respond(204)
 
-    def reset_token(self):  # §2.8: 201 {token, token_expires_at}; the old token stops working
+    def api_reset_token(self):  # §2.8: 201 {token, token_expires_at}; the old token stops working
         params = self.params()
         with STATE.cv:
             runner = self.authenticate_runner(params)
@@ -445,13 +442,13 @@ class Handler(BaseHTTPRequestHandler):
             body = {"token": runner["token"], "token_expires_at": runner["token_expires_at"]}
         self.respond(201, body)
 
-    def discovery(self):  # §2.9: header-only auth; the job router is "not enabled" here
+    def api_discovery(self):  # §2.9: header-only auth; the job router is "not enabled" here
         with STATE.cv:
             if self.headers.get("Runner-Token") not in STATE.runners:
                 raise forbidden()
         self.respond(501, {"message": "501 Not Implemented - Job Router is not available. Please contact your administrator."})
 
-    def job_request(self):  # §3
+    def api_request(self):  # §3
         extra = []
         with STATE.cv:
             poll = float(STATE.scenario["long_poll"])
@@ -522,22 +519,35 @@ class Handler(BaseHTTPRequestHandler):
             raise forbidden()
         return job
 
-    def update_job(self, id):  # §5
-        params = self.params()
-        self.required(params, "token")  # §12: PUT requires the token param; the header is not enough
-        check_types(params, {"token": str, "state": str, "checksum": str, "failure_reason": str,
-                             "output": {"checksum": str, "bytesize": int}, "exit_code": int})
+    def logged_job_call(self, job_id, log, entry, work):
+        """Runs work() under the lock. When the id names a job, the call and its answer's status
+        go to that job's `updates`/`patches` log, also when it was refused."""
         with STATE.cv:
-            job = self.find_job(id, str(params["token"]))
-            state = str(params.get("state") or "")
-            entry = {"body": params, "time": time.time()}
-            job.updates.append(entry)
+            job = STATE.jobs.get(int(job_id)) if str(job_id).isdigit() else None
+            if job is not None:
+                getattr(job, log).append(dict(entry, time=time.time()))
+                entry = getattr(job, log)[-1]
             try:
-                status, headers = self.apply_update(job, state, params)
+                status, headers = work()
             except HTTPAnswer as answer:
                 entry["status"] = answer.status
                 raise
             entry["status"] = status
+        return status, headers
+
+    def api_update(self, id):  # §5
+        def work():
+            params = self.params()
+            self.required(params, "token")  # §12: PUT requires the token param; the header is not enough
+            check_types(params, {"token": str, "state": str, "checksum": str, "failure_reason": str,
+                                 "output": {"checksum": str, "bytesize": int}, "exit_code": int})
+            job = self.find_job(id, str(params["token"]))
+            return self.apply_update(job, str(params.get("state") or ""), params)
+        try:
+            body = json.loads(self.body)
+        except ValueError:
+            body = self.body.decode("utf-8", "replace")
+        status, headers = self.logged_job_call(id, "updates", {"body": body}, work)
         self.respond(status, str(status).encode(), [("Content-Type", "application/json")] + headers)
 
     def apply_update(self, job, state, params):
@@ -589,19 +599,12 @@ class Handler(BaseHTTPRequestHandler):
         }
         return 200, [("Job-Status", job.state)]
 
-    def patch_trace(self, id):  # §7
+    def api_trace(self, id):  # §7
         query = parse_qs(self.url.query, keep_blank_values=True)
         token = (query.get("token") or [None])[-1] or self.headers.get("Job-Token")  # the param wins
-        with STATE.cv:
-            job = self.find_job(id, token)
-            entry = {"range": self.headers.get("Content-Range"), "length": len(self.body), "time": time.time()}
-            job.patches.append(entry)
-            try:
-                status, headers = self.append_trace(job, query)
-            except HTTPAnswer as answer:
-                entry["status"] = answer.status
-                raise
-            entry["status"] = status
+        entry = {"range": self.headers.get("Content-Range"), "length": len(self.body)}
+        status, headers = self.logged_job_call(
+            id, "patches", entry, lambda: self.append_trace(self.find_job(id, token), query))
         self.respond(status, None, headers)
 
     def append_trace(self, job, query):
@@ -699,6 +702,10 @@ def enqueue(spec):
     for key in ("script", "after_script", "variables"):
         if key in spec and not isinstance(spec[key], list):
             raise HTTPAnswer(400, {"error": f"{key} must be a list"})
+    if not all(isinstance(v, dict) and isinstance(v.get("key"), str) for v in spec.get("variables", [])):
+        raise HTTPAnswer(400, {"error": "each variable needs a string key"})
+    if not isinstance(spec.get("timeout", 0), int):
+        raise HTTPAnswer(400, {"error": "timeout must be an integer number of seconds"})
     job = Job(job_id, token, spec)
     STATE.jobs[job_id] = job
     STATE.queue.append(job)
@@ -837,9 +844,15 @@ def set_scenario(body):
     unknown = set(body) - set(DEFAULT_SCENARIO)
     if unknown or not isinstance(faults, list):
         raise HTTPAnswer(400, {"error": f"unknown scenario keys {sorted(unknown)}"})
+    for key, value in body.items():
+        want_bool = isinstance(DEFAULT_SCENARIO[key], bool)
+        if isinstance(value, bool) != want_bool or not isinstance(value, (int, float)):
+            raise HTTPAnswer(400, {"error": f"{key} must be a {'boolean' if want_bool else 'number'}"})
     for fault in faults:
         if not isinstance(fault, dict) or fault.get("endpoint", "any") not in FAULT_ENDPOINTS:
             raise HTTPAnswer(400, {"error": f"bad fault {fault!r}; endpoints: {sorted(FAULT_ENDPOINTS)}"})
+        if not isinstance(fault.get("count", 1), int) or not isinstance(fault.get("status", 0), int):
+            raise HTTPAnswer(400, {"error": f"fault {fault!r}: count and status must be integers"})
         if not fault.get("drop_connection") and "status" not in fault:
             raise HTTPAnswer(400, {"error": f"fault {fault!r} needs a status or drop_connection"})
         STATE.faults.append(dict(fault, endpoint=fault.get("endpoint", "any"), count=int(fault.get("count", 1))))

@@ -1,0 +1,203 @@
+import Foundation
+import Logging
+import MayflyCore
+import Synchronization
+
+/// `mayfly run`: takes jobs from every configured server and runs up to `concurrency` of them at
+/// once, each in its own VM. A poll loop per server asks for work while a slot is free (at once
+/// again after a job, after the server's wait otherwise). `stopAcceptingJobs()` ends the loops
+/// at once — an open long poll is abandoned — and lets running jobs finish; `cancelRunningJobs()`
+/// stops them (they are reported as system failures, with a line in their log saying why).
+public final class RunnerDaemon: Sendable {
+    public let configuration: Configuration
+    let sources: [any JobSource]
+    let runner: JobRunner
+    let logger: Logger
+    let slots: JobSlots
+
+    private struct RunningJob {
+        let task: Task<Void, Never>
+        let log: JobLog
+        let shutdown: @Sendable () -> Void
+    }
+
+    private struct State {
+        var accepting = true
+        var pollers: [Task<Void, Never>] = []
+        var jobs: [Int: RunningJob] = [:]
+        var nextJob = 0
+        var finished = 0
+    }
+
+    private let state = Mutex(State())
+
+    public init(configuration: Configuration, sources: [any JobSource], runner: JobRunner, logger: Logger) {
+        self.configuration = configuration
+        self.sources = sources
+        self.runner = runner
+        self.logger = logger
+        slots = JobSlots(configuration.concurrency)
+    }
+
+    /// Jobs finished since start (for tests and `/metrics` later).
+    public var finishedJobs: Int { state.withLock { $0.finished } }
+    public var runningJobs: Int { state.withLock { $0.jobs.count } }
+    public var isAccepting: Bool { state.withLock { $0.accepting } }
+
+    /// Runs until `stopAcceptingJobs()` was called and every job has ended.
+    public func run() async {
+        logger.info(
+            "mayfly \(MayflyVersion.current) taking jobs from \(sources.map(\.name).joined(separator: ", ")) (concurrency \(configuration.concurrency))"
+        )
+        let pollers = sources.map { source in Task { await self.poll(source) } }
+        let keep = state.withLock { state -> Bool in
+            state.pollers = pollers
+            return state.accepting
+        }
+        if !keep { for poller in pollers { poller.cancel() } }
+        for poller in pollers { await poller.value }
+        // Wait for running jobs (stopAcceptingJobs and cancelRunningJobs decide how long).
+        while true {
+            let jobs = state.withLock { Array($0.jobs.values) }
+            if jobs.isEmpty { break }
+            for job in jobs { await job.task.value }
+        }
+        logger.info("stopped: no job running, no job requested")
+    }
+
+    /// Stops asking for jobs (abandoning open requests); running jobs go on.
+    public func stopAcceptingJobs() {
+        let pollers = state.withLock { state -> [Task<Void, Never>] in
+            state.accepting = false
+            return state.pollers
+        }
+        if !pollers.isEmpty { logger.info("stopping: no more job requests; waiting for \(runningJobs) running job(s)") }
+        for poller in pollers { poller.cancel() }
+    }
+
+    /// Stops the running jobs now: their VMs go, and they are reported failed.
+    public func cancelRunningJobs() {
+        stopAcceptingJobs()
+        let jobs = state.withLock { Array($0.jobs.values) }
+        for job in jobs { job.shutdown() }
+    }
+
+    private func poll(_ source: any JobSource) async {
+        while !Task.isCancelled {
+            do {
+                try await slots.acquire()
+            } catch {
+                return
+            }
+            let outcome: JobRequestOutcome
+            do {
+                outcome = try await source.nextJob()
+            } catch {
+                slots.release()
+                if Task.isCancelled { return }
+                logger.warning("job request to \(source.name) failed: \(error)")
+                try? await Task.sleep(for: .seconds(3))
+                continue
+            }
+            switch outcome {
+            case .job(let session):
+                start(session, from: source)
+            case .none(let wait):
+                slots.release()
+                if wait > .zero {
+                    do { try await Task.sleep(for: wait) } catch { return }
+                }
+            }
+        }
+    }
+
+    /// Runs one job in its own task (it outlives the poll loop that received it); the slot is
+    /// released when the server has its result.
+    private func start(_ session: any JobSession, from source: any JobSource) {
+        let job = session.job
+        var jobLogger = logger
+        jobLogger[metadataKey: "job.id"] = "\(job.id)"
+        jobLogger[metadataKey: "server"] = "\(source.name)"
+        let log = JobLog(
+            sink: session.log, maskedValues: job.maskedValues, limit: configuration.job.logLimit,
+            maskTokenPrefixes: session.maskedTokenPrefixes)
+        let control = JobControl()
+        let reasons = ShutdownReason()
+        let runner = self.runner
+        let id = state.withLock { state -> Int in
+            state.nextJob += 1
+            return state.nextJob
+        }
+        let task = Task { [self, jobLogger] in
+            await session.start()
+            let work = Task { await runner.run(job, server: source.name, log: log, control: control) }
+            let watcher = Task {
+                for await request in session.cancellations {
+                    switch request {
+                    case .graceful: control.requestGracefulCancel()
+                    case .abort:
+                        reasons.abortedByServer()
+                        work.cancel()
+                    }
+                }
+            }
+            reasons.onShutdown { work.cancel() }
+            let report = await work.value
+            watcher.cancel()
+            if reasons.serverAborted {
+                await session.abandon()
+            } else {
+                var outcome = report.outcome
+                if outcome == .cancelled && reasons.shutDown { outcome = .systemFailure("the runner was shut down") }
+                await session.finish(outcome)
+            }
+            jobLogger.info("job finished: \(report.outcome)")
+            state.withLock { state in
+                state.jobs[id] = nil
+                state.finished += 1
+            }
+            slots.release()
+        }
+        state.withLock { state in
+            state.jobs[id] = RunningJob(task: task, log: log) {
+                Task {
+                    await log.line("ERROR: the runner is shutting down: the job is stopped")
+                    reasons.shutDownNow()
+                }
+            }
+        }
+    }
+}
+
+/// Why a job was stopped: by the server (send nothing more) or by the agent shutting down
+/// (report it failed).
+final class ShutdownReason: Sendable {
+    private struct State {
+        var server = false
+        var shutdown = false
+        var handler: (@Sendable () -> Void)?
+    }
+
+    private let state = Mutex(State())
+
+    var serverAborted: Bool { state.withLock { $0.server } }
+    var shutDown: Bool { state.withLock { $0.shutdown } }
+
+    func abortedByServer() { state.withLock { $0.server = true } }
+
+    func onShutdown(_ handler: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state -> Bool in
+            state.handler = handler
+            return state.shutdown
+        }
+        if now { handler() }
+    }
+
+    func shutDownNow() {
+        let handler = state.withLock { state -> (@Sendable () -> Void)? in
+            state.shutdown = true
+            return state.handler
+        }
+        handler?()
+    }
+}

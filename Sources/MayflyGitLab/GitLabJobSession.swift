@@ -1,0 +1,255 @@
+import Foundation
+import Logging
+import MayflyCore
+
+/// One GitLab job while it runs: the trace buffer on disk, the loop that uploads new log bytes
+/// every update interval (`PATCH /jobs/:id/trace`, at most 1 MiB per request, resuming from the
+/// server's `Range` after a 416), the touch that learns of cancellation while a job is silent,
+/// and the final update (rest of the log, then `PUT` with state, failure reason, exit code,
+/// checksum and size, repeated while the server answers 202, retried with backoff on failures).
+public final class GitLabJobSession: JobSession, @unchecked Sendable {
+    public let job: Job
+    public let payload: JobPayload
+    public let cancellations: AsyncStream<CancelRequest>
+    public var log: any JobLogSink { sink }
+    public var maskedTokenPrefixes: [String] {
+        SecretMasker.defaultTokenPrefixes + (payload.features?.tokenMaskPrefixes ?? [])
+    }
+
+    let client: GitLabClient
+    let token: Secret
+    let buffer: TraceBuffer
+    let logger: Logger
+    private let sink: TraceSink
+    private let shipper: Shipper
+    private let cancellationContinuation: AsyncStream<CancelRequest>.Continuation
+    private let lock = NSLock()
+    private var loop: Task<Void, Never>?
+
+    /// Limits from gitlab-runner (R8): 1 MiB per PATCH, 3 s default interval, at most 15 min,
+    /// a touch after 30 s without a successful send, 10 final-update attempts.
+    static let patchLimit = 1 << 20
+    static let defaultInterval: Duration = .seconds(3)
+    static let forceSendInterval: Duration = .seconds(30)
+    static let finalUpdateAttempts = 10
+
+    init(client: GitLabClient, payload: JobPayload, job: Job, buffer: TraceBuffer, logger: Logger) {
+        self.client = client
+        self.payload = payload
+        self.job = job
+        self.token = Secret(payload.token)
+        self.buffer = buffer
+        self.logger = logger
+        self.sink = TraceSink(buffer: buffer)
+        let (stream, continuation) = AsyncStream<CancelRequest>.makeStream()
+        self.cancellations = stream
+        self.cancellationContinuation = continuation
+        self.shipper = Shipper()
+    }
+
+    /// The job's log goes to the trace buffer; the loop uploads it.
+    struct TraceSink: JobLogSink {
+        let buffer: TraceBuffer
+        func write(_ bytes: [UInt8]) async { await buffer.append(bytes) }
+    }
+
+    /// The upload state shared by the loop and the final update (one at a time).
+    actor Shipper {
+        var sent = 0
+        var interval = GitLabJobSession.defaultInterval
+        var lastSuccess = ContinuousClock.now
+        var cancelSignalled = false
+        var aborted = false
+
+        func set(sent: Int) { self.sent = sent }
+        func succeeded(sent: Int) {
+            self.sent = sent
+            lastSuccess = .now
+        }
+        func touched() { lastSuccess = .now }
+        func set(interval: Duration?) { if let interval { self.interval = interval } }
+        func markCancelSignalled() -> Bool {
+            defer { cancelSignalled = true }
+            return !cancelSignalled
+        }
+        func markAborted() { aborted = true }
+        func resetInterval() { interval = GitLabJobSession.defaultInterval }
+    }
+
+    public func start() async {
+        let task = Task { [self] in
+            while !Task.isCancelled {
+                let interval = await shipper.interval
+                try? await Task.sleep(for: interval)
+                let aborted = await shipper.aborted
+                if Task.isCancelled || aborted { return }
+                await shipIncrement()
+            }
+        }
+        lock.withLock { loop = task }
+    }
+
+    /// Sends what is new (one PATCH of at most 1 MiB), or touches the job when nothing was sent
+    /// successfully for a while, so that a silent job still hears of cancellation.
+    private func shipIncrement() async {
+        let sent = await shipper.sent
+        let bytes = await buffer.read(from: sent, limit: Self.patchLimit)
+        if bytes.isEmpty {
+            guard ContinuousClock.now - (await shipper.lastSuccess) > Self.forceSendInterval else { return }
+            let size = await buffer.size
+            let response = await client.updateJob(
+                id: payload.id, token: token, .init(state: "running", checksum: await buffer.checksum, bytesize: UInt64(size)))
+            if case .succeeded = response.kind { await shipper.touched() }
+            await react(to: response)
+            return
+        }
+        let response = await client.patchTrace(id: payload.id, token: token, offset: sent, bytes: bytes)
+        await apply(response, sentFrom: sent, count: bytes.count)
+        await react(to: response)
+    }
+
+    private func apply(_ response: GitLabClient.JobResponse, sentFrom offset: Int, count: Int) async {
+        switch response.kind {
+        case .succeeded: await shipper.succeeded(sent: offset + count)
+        case .rangeMismatch(let stored):
+            logger.info("GitLab holds \(stored) bytes of the log, not \(offset): resending from there")
+            await shipper.set(sent: stored)
+        default: break
+        }
+    }
+
+    /// Passes on cancellation requests and interval changes from any job response.
+    private func react(to response: GitLabClient.JobResponse) async {
+        await shipper.set(interval: response.updateInterval)
+        if response.cancelRequested, await shipper.markCancelSignalled() {
+            logger.info("GitLab asks to cancel the job (Job-Status: canceling): stopping the script, running after_script")
+            cancellationContinuation.yield(.graceful)
+        }
+        let alreadyAborted = await shipper.aborted
+        if case .abort = response.kind, !alreadyAborted {
+            await shipper.markAborted()
+            logger.warning("GitLab aborted the job (403 or Job-Status canceled/failed): stopping it, sending nothing more")
+            cancellationContinuation.yield(.abort)
+        }
+    }
+
+    private func stopLoop() async {
+        let task = lock.withLock { loop }
+        task?.cancel()
+        await task?.value
+    }
+
+    public func abandon() async {
+        await stopLoop()
+        cancellationContinuation.finish()
+        await buffer.remove()
+    }
+
+    // MARK: Final update
+
+    public func finish(_ outcome: JobOutcome) async {
+        await stopLoop()
+        defer { cancellationContinuation.finish() }
+        if await shipper.aborted {
+            await buffer.remove()
+            return
+        }
+        let update = Self.finalUpdate(for: outcome, supported: payload.features?.failureReasons ?? [])
+        await shipper.resetInterval()
+        var backoff = Duration.seconds(1)
+        for attempt in 1...Self.finalUpdateAttempts {
+            switch await finalAttempt(update) {
+            case .done:
+                await buffer.remove()
+                return
+            case .failed(let reason):
+                if attempt == Self.finalUpdateAttempts {
+                    logger.error("could not deliver the job's result after \(attempt) attempts: \(reason); the log stays in \(buffer.path)")
+                    return
+                }
+                logger.warning("final update attempt \(attempt) failed: \(reason); retrying in \(DurationText.format(backoff))")
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(3600))
+            }
+        }
+    }
+
+    enum AttemptResult { case done, failed(String) }
+
+    /// One final-update attempt: send all the remaining log, then the final PUT; repeat while
+    /// the server answers 202 (it is still persisting the log).
+    private func finalAttempt(_ base: GitLabClient.JobUpdate) async -> AttemptResult {
+        while true {
+            // (a) All remaining log.
+            var stopSendingLog = false
+            while !stopSendingLog {
+                let sent = await shipper.sent
+                let size = await buffer.size
+                if sent >= size { break }
+                let bytes = await buffer.read(from: sent, limit: Self.patchLimit)
+                let response = await client.patchTrace(id: payload.id, token: token, offset: sent, bytes: bytes)
+                await shipper.set(interval: response.updateInterval)
+                switch response.kind {
+                case .succeeded: await shipper.succeeded(sent: sent + bytes.count)
+                case .abort:
+                    await shipper.markAborted()
+                    return .done
+                case .notFound: stopSendingLog = true
+                case .rangeMismatch(let stored):
+                    await shipper.set(sent: stored)
+                    if stored > size { return .failed("GitLab claims \(stored) bytes of a \(size)-byte log") }
+                    try? await Task.sleep(for: await shipper.interval)
+                case .failed(let reason):
+                    try? await Task.sleep(for: await shipper.interval)
+                    return .failed("sending the log: \(reason)")
+                default:
+                    try? await Task.sleep(for: await shipper.interval)
+                    return .failed("sending the log: unexpected answer")
+                }
+            }
+            // (b) The final PUT.
+            var update = base
+            update.checksum = await buffer.checksum
+            update.bytesize = UInt64(await buffer.size)
+            let response = await client.updateJob(id: payload.id, token: token, update)
+            await shipper.set(interval: response.updateInterval)
+            switch response.kind {
+            case .succeeded, .abort: return .done
+            case .accepted:
+                try? await Task.sleep(for: await shipper.interval)
+            case .traceValidationFailed:
+                await shipper.set(sent: 0)
+                try? await Task.sleep(for: await shipper.interval)
+            case .failed(let reason):
+                try? await Task.sleep(for: await shipper.interval)
+                return .failed("the final update: \(reason)")
+            case .rangeMismatch, .notFound:
+                return .done
+            }
+        }
+    }
+
+    /// The final `PUT`'s state, failure reason and exit code for an outcome, with the reason
+    /// mapped against what the server says it supports (gitlab-runner's mapper, R11).
+    public static func finalUpdate(for outcome: JobOutcome, supported: [String]) -> GitLabClient.JobUpdate {
+        switch outcome {
+        case .exited(0): return .init(state: "success")
+        case .exited(let status): return .init(state: "failed", failureReason: mapReason("script_failure", supported), exitCode: status)
+        case .timedOut: return .init(state: "failed", failureReason: mapReason("job_execution_timeout", supported))
+        case .systemFailure: return .init(state: "failed", failureReason: mapReason("runner_system_failure", supported))
+        case .cancelled: return .init(state: "failed", failureReason: mapReason("job_canceled", supported))
+        }
+    }
+
+    static func mapReason(_ reason: String, _ supported: [String]) -> String {
+        let always = ["script_failure", "runner_system_failure", "job_execution_timeout"]
+        if reason.isEmpty { return "script_failure" }
+        if always.contains(reason) || supported.contains(reason) { return reason }
+        let compatible = [
+            "image_pull_failure": "runner_system_failure", "runner_configuration_error": "script_failure",
+            "runner_external_dependency_failure": "runner_system_failure",
+        ]
+        if let mapped = compatible[reason] { return mapped }
+        return "unknown_failure"
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import Logging
+import MayflyCore
+import MayflyHTTP
+import Synchronization
+
+/// Takes jobs from one GitLab server for the agent: asks `POST /jobs/request` (long polls are
+/// fine), acknowledges a job at once (`PUT state=running`, dropping it if refused), fails a job
+/// whose payload Mayfly cannot use with `runner_system_failure` and a message in its log, and
+/// keeps gitlab-runner's health rule (after 3 forbidden answers in a row, ask again only every
+/// hour).
+public final class GitLabJobSource: JobSource, Sendable {
+    public struct Settings: Sendable {
+        public var name: String
+        public var url: String
+        public var token: Secret
+        public var tls: TLSOptions
+        public var proxy: String?
+        public var pollInterval: Duration
+        /// Where trace buffers are kept while jobs run.
+        public var spoolDirectory: String
+        public var systemID: String
+
+        public init(
+            name: String, url: String, token: Secret, tls: TLSOptions, proxy: String?, pollInterval: Duration, spoolDirectory: String,
+            systemID: String
+        ) {
+            self.name = name
+            self.url = url
+            self.token = token
+            self.tls = tls
+            self.proxy = proxy
+            self.pollInterval = pollInterval
+            self.spoolDirectory = spoolDirectory
+            self.systemID = systemID
+        }
+    }
+
+    public let settings: Settings
+    public let client: GitLabClient
+    let logger: Logger
+    private struct Health {
+        var forbiddenInARow = 0
+        var lastAnswer: ContinuousClock.Instant?
+        var lastFailure: ContinuousClock.Instant?
+    }
+    private let health = Mutex(Health())
+
+    static let unhealthyLimit = 3
+    static let unhealthyInterval: Duration = .seconds(3600)
+
+    public var name: String { settings.name }
+
+    public init(settings: Settings, logger: Logger) {
+        self.settings = settings
+        var logger = logger
+        logger[metadataKey: "server"] = "\(settings.name)"
+        self.logger = logger
+        client = GitLabClient(url: settings.url, tls: settings.tls, proxy: settings.proxy, logger: logger)
+    }
+
+    deinit { client.shutdown() }
+
+    public var isHealthy: Bool {
+        health.withLock { health in
+            guard health.forbiddenInARow < Self.unhealthyLimit else { return false }
+            guard let failure = health.lastFailure else { return true }
+            return (health.lastAnswer ?? failure) > failure
+        }
+    }
+
+    public func nextJob() async throws -> JobRequestOutcome {
+        let result = try await client.requestJob(token: settings.token, systemID: settings.systemID)
+        try Task.checkCancellation()
+        switch result {
+        case .job(let payload, _):
+            recordAnswer(forbidden: false)
+            return await accept(payload)
+        case .malformed(let identity, let problem):
+            recordAnswer(forbidden: false)
+            logger.error("GitLab handed out a job Mayfly cannot read: \(problem)")
+            if let identity { await failUnusable(id: identity.id, token: Secret(identity.token), problem: problem) }
+            return .none(wait: .zero)
+        case .noJob:
+            recordAnswer(forbidden: false)
+            return .none(wait: settings.pollInterval)
+        case .forbidden:
+            let count = recordAnswer(forbidden: true)
+            if count >= Self.unhealthyLimit {
+                logger.error("GitLab refused the runner token \(count) times in a row; asking again in \(DurationText.format(Self.unhealthyInterval))")
+                return .none(wait: Self.unhealthyInterval)
+            }
+            logger.warning("GitLab refused the runner token (403); is the runner still registered?")
+            return .none(wait: settings.pollInterval)
+        case .conflict:
+            recordAnswer(forbidden: false)
+            return .none(wait: .zero)
+        case .unavailable:
+            recordFailure()
+            logger.warning("GitLab is unavailable (503)")
+            return .none(wait: settings.pollInterval)
+        case .failed(let reason):
+            recordFailure()
+            logger.warning("asking GitLab for a job failed: \(reason)")
+            return .none(wait: settings.pollInterval)
+        }
+    }
+
+    @discardableResult
+    private func recordAnswer(forbidden: Bool) -> Int {
+        health.withLock { health in
+            health.lastAnswer = .now
+            health.forbiddenInARow = forbidden ? health.forbiddenInARow + 1 : 0
+            return health.forbiddenInARow
+        }
+    }
+
+    private func recordFailure() {
+        health.withLock { $0.lastFailure = .now }
+    }
+
+    /// Acknowledges the job and builds its session; a job Mayfly cannot map is failed instead.
+    private func accept(_ payload: JobPayload) async -> JobRequestOutcome {
+        var jobLogger = logger
+        jobLogger[metadataKey: "job.id"] = "\(payload.id)"
+        let token = Secret(payload.token)
+        let acknowledgement = await client.updateJob(id: payload.id, token: token, .init(state: "running"))
+        switch acknowledgement.kind {
+        case .succeeded, .accepted: break
+        case .abort:
+            jobLogger.warning("GitLab refused the job's acknowledgement; dropping it without running")
+            return .none(wait: .zero)
+        default:
+            jobLogger.warning("the job's acknowledgement failed; dropping it without running")
+            return .none(wait: .zero)
+        }
+        if acknowledgement.cancelRequested {
+            jobLogger.info("the job was cancelled before it started")
+            await failUnusable(id: payload.id, token: token, problem: "the job was cancelled before it started", reason: "job_canceled",
+                               supported: payload.features?.failureReasons ?? [])
+            return .none(wait: .zero)
+        }
+        let job: Job
+        do {
+            job = try JobPayloadMapping.job(from: payload)
+        } catch {
+            jobLogger.error("job cannot run: \(error)")
+            await failUnusable(id: payload.id, token: token, problem: error.description, supported: payload.features?.failureReasons ?? [])
+            return .none(wait: .zero)
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: settings.spoolDirectory, withIntermediateDirectories: true)
+            let buffer = try TraceBuffer(path: settings.spoolDirectory + "/\(CloneKeyName.forJob(server: settings.name, id: payload.id)).log")
+            jobLogger.info("received job \(payload.id) (\(payload.jobInfo?.name ?? "unnamed") in \(payload.jobInfo?.projectFullPath ?? "?"))")
+            return .job(GitLabJobSession(client: client, payload: payload, job: job, buffer: buffer, logger: jobLogger))
+        } catch {
+            jobLogger.error("cannot create the job's trace buffer: \(error)")
+            await failUnusable(id: payload.id, token: token, problem: "Mayfly could not create the job's log buffer: \(error)",
+                               supported: payload.features?.failureReasons ?? [])
+            return .none(wait: .zero)
+        }
+    }
+
+    /// Fails a job that cannot run, with a message in its log so that nothing is lost.
+    private func failUnusable(id: Int, token: Secret, problem: String, reason: String = "runner_system_failure", supported: [String] = [])
+        async
+    {
+        var crc = CRC32()
+        let message = Array("Running with mayfly \(MayflyVersion.current)\nERROR: Job failed (system failure): \(problem)\n".utf8)
+        crc.update(message)
+        let patch = await client.patchTrace(id: id, token: token, offset: 0, bytes: message)
+        let sent = { if case .succeeded = patch.kind { return true } else { return false } }()
+        _ = await client.updateJob(
+            id: id, token: token,
+            .init(state: "failed", failureReason: GitLabJobSession.mapReason(reason, supported), checksum: sent ? crc.gitLabChecksum : nil,
+                  bytesize: sent ? UInt64(message.count) : nil))
+    }
+}
+
+/// File names for per-job files (trace buffers): the server's name and the job id, safe.
+enum CloneKeyName {
+    static func forJob(server: String, id: Int) -> String {
+        let safe = server.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-") ? $0 : "_" }
+        return String(safe.prefix(64)) + "-\(id)"
+    }
+}
