@@ -104,7 +104,7 @@ let package = Package(
         // Fixtures shared by the test targets: temporary directories, a test PKI, real servers.
         .target(
             name: "MayflyTestSupport",
-            dependencies: ["MayflyCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["MayflyCore", "MayflyHTTP", .product(name: "Logging", package: "swift-log")],
             path: "Tests/MayflyTestSupport",
             resources: [.copy("Resources")],
             swiftSettings: strictSettings
@@ -117,6 +117,11 @@ let package = Package(
         .testTarget(
             name: "MayflyVMTests",
             dependencies: ["MayflyVM", "MayflyGuest", "MayflyCore", "MayflyTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MayflyGitLabTests",
+            dependencies: ["MayflyGitLab", "MayflyAgent", "MayflyHTTP", "MayflyCore", "MayflyTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

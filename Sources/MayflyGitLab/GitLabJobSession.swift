@@ -164,7 +164,9 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
                 return
             case .failed(let reason):
                 if attempt == Self.finalUpdateAttempts {
-                    logger.error("could not deliver the job's result after \(attempt) attempts: \(reason); the log stays in \(buffer.path)")
+                    logger.error(
+                        "could not deliver the job's result after \(attempt) attempts: \(reason); the log stays in \(buffer.path)"
+                    )
                     return
                 }
                 logger.warning("final update attempt \(attempt) failed: \(reason); retrying in \(DurationText.format(backoff))")
@@ -174,7 +176,10 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         }
     }
 
-    enum AttemptResult { case done, failed(String) }
+    enum AttemptResult {
+        case done
+        case failed(String)
+    }
 
     /// One final-update attempt: send all the remaining log, then the final PUT; repeat while
     /// the server answers 202 (it is still persisting the log).
@@ -234,7 +239,8 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
     public static func finalUpdate(for outcome: JobOutcome, supported: [String]) -> GitLabClient.JobUpdate {
         switch outcome {
         case .exited(0): return .init(state: "success")
-        case .exited(let status): return .init(state: "failed", failureReason: mapReason("script_failure", supported), exitCode: status)
+        case .exited(let status):
+            return .init(state: "failed", failureReason: mapReason("script_failure", supported), exitCode: status)
         case .timedOut: return .init(state: "failed", failureReason: mapReason("job_execution_timeout", supported))
         case .systemFailure: return .init(state: "failed", failureReason: mapReason("runner_system_failure", supported))
         case .cancelled: return .init(state: "failed", failureReason: mapReason("job_canceled", supported))

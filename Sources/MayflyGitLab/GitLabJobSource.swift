@@ -22,7 +22,8 @@ public final class GitLabJobSource: JobSource, Sendable {
         public var systemID: String
 
         public init(
-            name: String, url: String, token: Secret, tls: TLSOptions, proxy: String?, pollInterval: Duration, spoolDirectory: String,
+            name: String, url: String, token: Secret, tls: TLSOptions, proxy: String?, pollInterval: Duration,
+            spoolDirectory: String,
             systemID: String
         ) {
             self.name = name
@@ -59,8 +60,6 @@ public final class GitLabJobSource: JobSource, Sendable {
         client = GitLabClient(url: settings.url, tls: settings.tls, proxy: settings.proxy, logger: logger)
     }
 
-    deinit { client.shutdown() }
-
     public var isHealthy: Bool {
         health.withLock { health in
             guard health.forbiddenInARow < Self.unhealthyLimit else { return false }
@@ -87,7 +86,9 @@ public final class GitLabJobSource: JobSource, Sendable {
         case .forbidden:
             let count = recordAnswer(forbidden: true)
             if count >= Self.unhealthyLimit {
-                logger.error("GitLab refused the runner token \(count) times in a row; asking again in \(DurationText.format(Self.unhealthyInterval))")
+                logger.error(
+                    "GitLab refused the runner token \(count) times in a row; asking again in \(DurationText.format(Self.unhealthyInterval))"
+                )
                 return .none(wait: Self.unhealthyInterval)
             }
             logger.warning("GitLab refused the runner token (403); is the runner still registered?")
@@ -136,8 +137,9 @@ public final class GitLabJobSource: JobSource, Sendable {
         }
         if acknowledgement.cancelRequested {
             jobLogger.info("the job was cancelled before it started")
-            await failUnusable(id: payload.id, token: token, problem: "the job was cancelled before it started", reason: "job_canceled",
-                               supported: payload.features?.failureReasons ?? [])
+            await failUnusable(
+                id: payload.id, token: token, problem: "the job was cancelled before it started", reason: "job_canceled",
+                supported: payload.features?.failureReasons ?? [], acknowledged: true)
             return .none(wait: .zero)
         }
         let job: Job
@@ -145,35 +147,50 @@ public final class GitLabJobSource: JobSource, Sendable {
             job = try JobPayloadMapping.job(from: payload)
         } catch {
             jobLogger.error("job cannot run: \(error)")
-            await failUnusable(id: payload.id, token: token, problem: error.description, supported: payload.features?.failureReasons ?? [])
+            await failUnusable(
+                id: payload.id, token: token, problem: error.description, supported: payload.features?.failureReasons ?? [],
+                acknowledged: true)
             return .none(wait: .zero)
         }
         do {
             try FileManager.default.createDirectory(atPath: settings.spoolDirectory, withIntermediateDirectories: true)
-            let buffer = try TraceBuffer(path: settings.spoolDirectory + "/\(CloneKeyName.forJob(server: settings.name, id: payload.id)).log")
-            jobLogger.info("received job \(payload.id) (\(payload.jobInfo?.name ?? "unnamed") in \(payload.jobInfo?.projectFullPath ?? "?"))")
+            let buffer = try TraceBuffer(
+                path: settings.spoolDirectory + "/\(CloneKeyName.forJob(server: settings.name, id: payload.id)).log")
+            jobLogger.info(
+                "received job \(payload.id) (\(payload.jobInfo?.name ?? "unnamed") in \(payload.jobInfo?.projectFullPath ?? "?"))"
+            )
             return .job(GitLabJobSession(client: client, payload: payload, job: job, buffer: buffer, logger: jobLogger))
         } catch {
             jobLogger.error("cannot create the job's trace buffer: \(error)")
-            await failUnusable(id: payload.id, token: token, problem: "Mayfly could not create the job's log buffer: \(error)",
-                               supported: payload.features?.failureReasons ?? [])
+            await failUnusable(
+                id: payload.id, token: token, problem: "Mayfly could not create the job's log buffer: \(error)",
+                supported: payload.features?.failureReasons ?? [], acknowledged: true)
             return .none(wait: .zero)
         }
     }
 
-    /// Fails a job that cannot run, with a message in its log so that nothing is lost.
-    private func failUnusable(id: Int, token: Secret, problem: String, reason: String = "runner_system_failure", supported: [String] = [])
-        async
-    {
+    /// Fails a job that cannot run, with a message in its log so that nothing is lost. It is
+    /// acknowledged first: GitLab accepts no other state for a job still waiting for its runner.
+    private func failUnusable(
+        id: Int, token: Secret, problem: String, reason: String = "runner_system_failure", supported: [String] = [],
+        acknowledged: Bool = false
+    ) async {
+        if !acknowledged { _ = await client.updateJob(id: id, token: token, .init(state: "running")) }
         var crc = CRC32()
         let message = Array("Running with mayfly \(MayflyVersion.current)\nERROR: Job failed (system failure): \(problem)\n".utf8)
         crc.update(message)
         let patch = await client.patchTrace(id: id, token: token, offset: 0, bytes: message)
         let sent = { if case .succeeded = patch.kind { return true } else { return false } }()
-        _ = await client.updateJob(
-            id: id, token: token,
-            .init(state: "failed", failureReason: GitLabJobSession.mapReason(reason, supported), checksum: sent ? crc.gitLabChecksum : nil,
-                  bytesize: sent ? UInt64(message.count) : nil))
+        let update = GitLabClient.JobUpdate(
+            state: "failed", failureReason: GitLabJobSession.mapReason(reason, supported),
+            checksum: sent ? crc.gitLabChecksum : nil,
+            bytesize: sent ? UInt64(message.count) : nil)
+        // GitLab answers 202 while it persists the log: repeat after the interval it gives.
+        for _ in 0..<10 {
+            let response = await client.updateJob(id: id, token: token, update)
+            guard case .accepted = response.kind else { return }
+            try? await Task.sleep(for: response.updateInterval ?? .seconds(1))
+        }
     }
 }
 

@@ -26,7 +26,9 @@ public actor TraceBuffer {
         await BlockingWork.run {
             var written = 0
             while written < bytes.count {
-                let result = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + written, $0.count - written, off_t(offset + written)) }
+                let result = bytes.withUnsafeBytes {
+                    pwrite(fd, $0.baseAddress! + written, $0.count - written, off_t(offset + written))
+                }
                 if result <= 0 { return }
                 written += result
             }
@@ -44,7 +46,9 @@ public actor TraceBuffer {
             var buffer = [UInt8](repeating: 0, count: count)
             var done = 0
             while done < count {
-                let result = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+                let result = buffer.withUnsafeMutableBytes {
+                    pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done))
+                }
                 if result <= 0 { break }
                 done += result
             }

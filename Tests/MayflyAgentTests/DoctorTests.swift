@@ -96,10 +96,13 @@ struct DoctorTests {
 
             configuration.workDirectory = directory.appendingPathComponent("missing").path
             let creatable = await Doctor(configuration: configuration).run()
-            #expect(creatable.first { $0.name == "work_dir" }?.status == .warn, "a missing work_dir in a writable place is made on first use")
+            #expect(
+                creatable.first { $0.name == "work_dir" }?.status == .warn,
+                "a missing work_dir in a writable place is made on first use")
 
             let readOnly = directory.appendingPathComponent("read-only")
-            try FileManager.default.createDirectory(at: readOnly, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o555])
+            try FileManager.default.createDirectory(
+                at: readOnly, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o555])
             configuration.workDirectory = readOnly.appendingPathComponent("work").path
             let missing = await Doctor(configuration: configuration).run()
             let workDirectory = try #require(missing.first { $0.name == "work_dir" })

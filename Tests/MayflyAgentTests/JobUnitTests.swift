@@ -39,7 +39,8 @@ struct MaskingTests {
     func prefixesAndParameters() {
         let text = Array(
             "token glpat-AbC123_x.y=z-9 end; url https://h/x?a=1&Private_Token=s3cr3t&b=2 and glrt-Q1 done; rtglpat- ;".utf8)
-        let expected = "token glpat-[MASKED] end; url https://h/x?a=1&Private_Token=[MASKED]&b=2 and glrt-[MASKED] done; rtglpat- ;"
+        let expected =
+            "token glpat-[MASKED] end; url https://h/x?a=1&Private_Token=[MASKED]&b=2 and glrt-[MASKED] done; rtglpat- ;"
         for cut in 0...text.count {
             var masker = SecretMasker(secrets: [], tokenPrefixes: SecretMasker.defaultTokenPrefixes, maskURLParameters: true)
             let output = masker.mask(Array(text[..<cut])) + masker.mask(Array(text[cut...])) + masker.finish()

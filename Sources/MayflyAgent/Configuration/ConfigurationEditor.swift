@@ -32,7 +32,9 @@ public enum ConfigurationEditor {
         }
         guard case .sequence(let sequence) = value else { throw Failure(description: "'servers' is not a list") }
         if sequence.style == .flow || sequence.isEmpty {
-            guard sequence.isEmpty else { throw Failure(description: "'servers' is written as a flow list; write it as a block list first") }
+            guard sequence.isEmpty else {
+                throw Failure(description: "'servers' is written as a flow list; write it as a block list first")
+            }
             lines[keyLine - 1] = "servers:"
             lines.insert(contentsOf: entry, at: keyLine)
             return lines.joined(separator: "\n") + "\n"
@@ -43,7 +45,9 @@ public enum ConfigurationEditor {
     }
 
     /// `text` without the server entry named `name`; also returns that entry's `token_file`.
-    public static func removingServer(from text: String, name: String, hostOf: (String) -> String?) throws -> (String, tokenFile: String?) {
+    public static func removingServer(from text: String, name: String, hostOf: (String) -> String?) throws -> (
+        String, tokenFile: String?
+    ) {
         var lines = text.components(separatedBy: "\n")
         guard let root = try Yams.compose(yaml: text), case .mapping(let mapping) = root,
             let (key, value) = mapping.first(where: { $0.key.string == "servers" }), let keyLine = key.mark?.line,

@@ -13,7 +13,7 @@ public actor JobLog {
 
     public init(sink: any JobLogSink, maskedValues: [String], limit: ByteSize, maskTokenPrefixes: [String] = []) {
         self.sink = sink
-        self.masker = SecretMasker(secrets: maskedValues, tokenPrefixes: maskTokenPrefixes)
+        self.masker = SecretMasker(secrets: maskedValues, tokenPrefixes: maskTokenPrefixes, maskURLParameters: true)
         self.limit = limit.bytes
     }
 

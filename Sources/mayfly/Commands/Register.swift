@@ -21,7 +21,8 @@ struct Register: AsyncParsableCommand {
     @OptionGroup var options: ConfigOptions
     @Option(help: "The GitLab server's URL, e.g. https://gitlab.example.com.") var url: String
     @Option(help: "A runner authentication token (glrt-…) or a legacy registration token.") var token: String?
-    @Option(name: .customLong("token-file"), help: "Read the token from this file instead of the command line.") var tokenFile: String?
+    @Option(name: .customLong("token-file"), help: "Read the token from this file instead of the command line.") var tokenFile:
+        String?
     @Option(help: "The name of the servers entry (default: the URL's host).") var name: String?
     @Option(help: "Description (legacy registration only).") var description: String = ProcessInfo.processInfo.hostName
     @Option(name: .customLong("tag-list"), help: "Comma-separated tags (legacy registration only).") var tagList: String = ""
@@ -34,7 +35,9 @@ struct Register: AsyncParsableCommand {
         }
         let secret: Secret
         if let tokenFile {
-            guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else { throw ValidationError("cannot read \(tokenFile)") }
+            guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
+                throw ValidationError("cannot read \(tokenFile)")
+            }
             secret = Secret(text.trimmingWhitespace())
         } else if let token {
             secret = Secret(token)
@@ -43,8 +46,10 @@ struct Register: AsyncParsableCommand {
         }
         let entryName = name ?? host
         let configPath = options.config
-        let existing = FileManager.default.fileExists(atPath: configPath) ? try String(contentsOfFile: configPath, encoding: .utf8) : ""
-        let configuration = existing.isEmpty ? MayflyAgent.Configuration(name: ProcessInfo.processInfo.hostName) : try options.load()
+        let existing =
+            FileManager.default.fileExists(atPath: configPath) ? try String(contentsOfFile: configPath, encoding: .utf8) : ""
+        let configuration =
+            existing.isEmpty ? MayflyAgent.Configuration(name: ProcessInfo.processInfo.hostName) : try options.load()
         if configuration.servers.contains(where: { $0.name == entryName }) {
             throw ValidationError("\(configPath) already has a server named '\(entryName)'; unregister it first or pass --name")
         }
@@ -62,7 +67,8 @@ struct Register: AsyncParsableCommand {
         } else {
             credentials = try await client.register(
                 registrationToken: secret, description: description,
-                tags: tagList.split(separator: ",").map { String($0).trimmingWhitespace() }.filter { !$0.isEmpty }, runUntagged: runUntagged)
+                tags: tagList.split(separator: ",").map { String($0).trimmingWhitespace() }.filter { !$0.isEmpty },
+                runUntagged: runUntagged)
             print("registered runner \(credentials.id) on \(url)")
         }
 
@@ -70,14 +76,17 @@ struct Register: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: directory.isEmpty ? "." : directory, withIntermediateDirectories: true)
         let tokenName = entryName.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" ? $0 : "_" } + ".token"
         let tokenPath = (directory.isEmpty ? "." : directory) + "/" + String(tokenName)
-        guard FileManager.default.createFile(
-            atPath: tokenPath, contents: Data((credentials.token.reveal() + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        guard
+            FileManager.default.createFile(
+                atPath: tokenPath, contents: Data((credentials.token.reveal() + "\n").utf8),
+                attributes: [.posixPermissions: 0o600])
         else { throw ValidationError("cannot write \(tokenPath)") }
         chmod(tokenPath, 0o600)
         var text = try ConfigurationEditor.addingServer(to: existing, name: entryName, url: url, tokenFile: String(tokenName))
         if let caFile {
             text = text.replacingOccurrences(
-                of: "    token_file: \"\(tokenName)\"\n", with: "    token_file: \"\(tokenName)\"\n    tls: { ca_file: \"\(caFile)\" }\n")
+                of: "    token_file: \"\(tokenName)\"\n",
+                with: "    token_file: \"\(tokenName)\"\n    tls: { ca_file: \"\(caFile)\" }\n")
         }
         // Check the result before replacing the file.
         _ = try ConfigurationLoader().parse(text, file: configPath, baseDirectory: directory.isEmpty ? "." : directory)
@@ -93,7 +102,9 @@ struct Register: AsyncParsableCommand {
 struct Unregister: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Unregister from a GitLab server and remove it from the configuration.",
-        discussion: "glrt- tokens remove only this host's runner manager (DELETE /runners/managers); legacy tokens remove the runner (DELETE /runners).")
+        discussion:
+            "glrt- tokens remove only this host's runner manager (DELETE /runners/managers); legacy tokens remove the runner (DELETE /runners)."
+    )
 
     @OptionGroup var options: ConfigOptions
     @Option(help: "The servers entry to remove.") var name: String

@@ -24,10 +24,12 @@ struct Run: AsyncParsableCommand {
         for warning in configuration.warnings { logger.warning("\(warning)") }
         guard !configuration.servers.isEmpty else {
             throw ConfigurationError(
-                file: options.config, line: 0, column: 0, message: "'servers' lists no CI server; add one (or use `mayfly register`)")
+                file: options.config, line: 0, column: 0,
+                message: "'servers' lists no CI server; add one (or use `mayfly register`)")
         }
         if configuration.vm.bundle == nil {
-            throw ConfigurationError(file: options.config, line: 0, column: 0, message: "'vm.bundle' is not set: jobs from a CI server need it")
+            throw ConfigurationError(
+                file: options.config, line: 0, column: 0, message: "'vm.bundle' is not set: jobs from a CI server need it")
         }
         _ = try BundleDirectory.locate(configuration.vm.bundle!, bundlesDirectory: configuration.bundlesDirectory)
         try FileManager.default.createDirectory(atPath: configuration.workDirectory, withIntermediateDirectories: true)
@@ -43,7 +45,8 @@ struct Run: AsyncParsableCommand {
                 logger: logger)
         }
         let daemon = RunnerDaemon(
-            configuration: configuration, sources: sources, runner: JobRunner(configuration: configuration, logger: logger), logger: logger)
+            configuration: configuration, sources: sources, runner: JobRunner(configuration: configuration, logger: logger),
+            logger: logger)
         let shutdownTimeout = configuration.shutdownTimeout
         let interrupts = InterruptCounter()
         let watcher = SignalWatcher(signals: [SIGTERM, SIGQUIT, SIGINT]) { signal in
@@ -53,7 +56,8 @@ struct Run: AsyncParsableCommand {
                 daemon.cancelRunningJobs()
                 return
             }
-            logger.info("signal \(signal): finishing running jobs (at most \(DurationText.format(shutdownTimeout))), taking no new ones")
+            logger.info(
+                "signal \(signal): finishing running jobs (at most \(DurationText.format(shutdownTimeout))), taking no new ones")
             daemon.stopAcceptingJobs()
             Task {
                 try? await Task.sleep(for: shutdownTimeout)
@@ -72,5 +76,10 @@ struct Run: AsyncParsableCommand {
 final class InterruptCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var count = 0
-    func increment() -> Int { lock.withLock { count += 1; return count } }
+    func increment() -> Int {
+        lock.withLock {
+            count += 1
+            return count
+        }
+    }
 }
