@@ -89,13 +89,16 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         lock.withLock { loop = task }
     }
 
-    /// Sends what is new (one PATCH of at most 1 MiB), or touches the job when nothing was sent
-    /// successfully for a while, so that a silent job still hears of cancellation.
+    /// Sends what is new (one PATCH of at most 1 MiB). When there is nothing new it sends an
+    /// empty PATCH at the current offset (GitLab's "force patch": 202, nothing changes), so that a
+    /// silent job still hears of cancellation within one update interval — gitlab-runner waits
+    /// 30 s for its touch. After 30 s without a successful send it also touches the job with
+    /// `PUT state=running` and the log's checksum and size, as gitlab-runner does.
     private func shipIncrement() async {
         let sent = await shipper.sent
         let bytes = await buffer.read(from: sent, limit: Self.patchLimit)
-        if bytes.isEmpty {
-            guard ContinuousClock.now - (await shipper.lastSuccess) > Self.forceSendInterval else { return }
+        let lastSuccess = await shipper.lastSuccess
+        if bytes.isEmpty && ContinuousClock.now - lastSuccess > Self.forceSendInterval {
             let size = await buffer.size
             let response = await client.updateJob(
                 id: payload.id, token: token, .init(state: "running", checksum: await buffer.checksum, bytesize: UInt64(size)))

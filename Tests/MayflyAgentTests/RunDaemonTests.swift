@@ -1,0 +1,122 @@
+import Foundation
+import MayflyCore
+import MayflyTestSupport
+import Testing
+
+/// `mayfly run` as a real process against the fake GitLab over HTTPS with a client certificate,
+/// running real jobs in the tiny guest.
+@Suite("mayfly run against a GitLab server", .serialized)
+struct RunDaemonTests {
+    func writeConfig(_ directory: URL, server: FakeGitLab) throws -> String {
+        let pki = try TestPKI.shared()
+        let token = directory.appendingPathComponent("gitlab.token")
+        try (FakeGitLab.runnerToken + "\n").write(to: token, atomically: true, encoding: .utf8)
+        chmod(token.path, 0o600)
+        let config = directory.appendingPathComponent("mayfly.yaml")
+        try """
+        name: test-runner
+        work_dir: \(directory.path)/work
+        concurrency: 1
+        shutdown_timeout: 1m
+        vm: { bundle: \(try TestBundle.tinyPath()), accelerator: tcg, grace_period: 0 }
+        servers:
+          - name: fake
+            url: \(server.url)
+            token_file: gitlab.token
+            poll_interval: 500ms
+            tls: { ca_file: \(pki.caCertificate), cert_file: \(pki.clientCertificate), key_file: \(pki.clientKey) }
+        """.write(to: config, atomically: true, encoding: .utf8)
+        return config.path
+    }
+
+    @Test(
+        "jobs succeed and fail with their logs and checksums; graceful cancel runs after_script; a hard cancel stops the VM; SIGTERM stops an idle runner at once"
+    )
+    func daemon() async throws {
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                let server = try await FakeGitLab(tls: true, clientCertificates: true)
+                try await server.scenario(["trace_update_interval": 1, "long_poll": 20])
+                let run = try MayflyProcess(["run", "--config", try writeConfig(directory, server: server)], in: directory)
+                let work = directory.appendingPathComponent("work")
+                defer { if run.process.isRunning { kill(run.process.processIdentifier, SIGKILL) } }
+
+                // 1. A job that succeeds, with a masked variable and after_script.
+                let (ok, _) = try await server.enqueue([
+                    "script": ["echo the password is $PASSWORD", "uname -m"], "after_script": ["echo after"],
+                    "variables": [
+                        ["key": "GIT_STRATEGY", "value": "none"], ["key": "PASSWORD", "value": "pa55word-XYZ", "masked": true],
+                    ],
+                ])
+                let okView = try await server.waitForJob(ok, states: ["success", "failed"])
+                let okTrace = okView["trace"] as? String ?? ""
+                #expect(okView["state"] as? String == "success", "\(okTrace)\n\(run.errors)")
+                #expect(okTrace.contains("Running with mayfly"))
+                #expect(okTrace.contains("the password is [MASKED]") && !okTrace.contains("pa55word-XYZ"))
+                #expect(okTrace.contains("x86_64") && okTrace.contains("after\n"))
+                #expect((okView["final_update"] as? [String: Any])?["checksum_ok"] as? Bool == true)
+                #expect((okView["final_update"] as? [String: Any])?["bytesize_ok"] as? Bool == true)
+
+                // 2. A failing job: script_failure with its exit code.
+                let (failing, _) = try await server.enqueue([
+                    "script": ["exit 4"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                let failView = try await server.waitForJob(failing, states: ["success", "failed"])
+                #expect(failView["state"] as? String == "failed")
+                #expect(failView["failure_reason"] as? String == "script_failure")
+                #expect(failView["exit_code"] as? Int == 4)
+
+                // 3. Graceful cancel: the script stops, after_script runs, the job ends canceled.
+                let (graceful, _) = try await server.enqueue([
+                    "script": ["echo started", "sleep 300"], "after_script": ["echo after the cancel"],
+                    "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                _ = try await waitForTrace(server, graceful, containing: "started")
+                try await server.cancel(graceful, mode: "canceling")
+                let gracefulView = try await server.waitForJob(
+                    graceful, states: ["canceled", "failed", "success"], timeout: .seconds(60))
+                #expect(gracefulView["state"] as? String == "canceled")
+                #expect((gracefulView["trace"] as? String)?.contains("after the cancel") == true)
+
+                // 4. Hard cancel: the next trace answer aborts the job; QEMU goes within seconds.
+                let (hard, _) = try await server.enqueue([
+                    "script": ["echo started", "sleep 300"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                _ = try await waitForTrace(server, hard, containing: "started")
+                let clock = ContinuousClock()
+                let cancelled = clock.now
+                try await server.cancel(hard, mode: "canceled")
+                #expect(await eventually(timeout: .seconds(10)) { !anyQEMU(under: work) })
+                let stopped = clock.now - cancelled
+                #expect(stopped < .seconds(5), "QEMU gone \(stopped) after the cancel")
+                print("measured: hard cancel to QEMU gone: \(stopped)")
+                try await Task.sleep(for: .seconds(2))
+                let after = try await server.requests(pathPrefix: "/api/v4/jobs/\(hard)")
+                let afterCancel = after.filter { ($0["status"] as? Int) == 403 }
+                #expect(afterCancel.count <= 1, "after the 403 nothing more is sent for the job")
+
+                // 5. SIGTERM while idle (a long poll is open): the runner stops at once.
+                try await Task.sleep(for: .seconds(1))
+                let signalled = clock.now
+                kill(run.process.processIdentifier, SIGTERM)
+                let (status, _) = await run.waitSamplingMemory()
+                #expect(status == 0, "\(run.errors)")
+                #expect(clock.now - signalled < .seconds(5))
+                print("measured: SIGTERM while idle to exit: \(clock.now - signalled)")
+                await expectNothingLeft(work)
+                server.stop()
+            }
+        }
+    }
+
+    func waitForTrace(_ server: FakeGitLab, _ id: Int, containing text: String) async throws -> String {
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(120)
+        while clock.now < deadline {
+            let trace = try await server.job(id)["trace"] as? String ?? ""
+            if trace.contains(text) { return trace }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw FakeGitLab.Failure(description: "job \(id)'s trace never showed '\(text)'")
+    }
+}
