@@ -43,7 +43,7 @@ struct JobEndToEndTests {
         try await withGuestSlot {
             try await withTemporaryDirectory { directory in
                 let bundle = try BundleDirectory(path: try TestBundle.tinyPath())
-                let (logger, _) = (Logger(label: "test"), ())
+                let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
                 var options = VMOptions()
                 options.accelerator = .tcg
                 options.gracePeriod = .zero

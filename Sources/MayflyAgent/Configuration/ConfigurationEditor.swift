@@ -11,8 +11,9 @@ public enum ConfigurationEditor {
     }
 
     /// The lines of one new server entry (block style, two-space list indent).
-    public static func entryLines(name: String, url: String, tokenFile: String) -> [String] {
+    public static func entryLines(name: String, url: String, tokenFile: String, caFile: String? = nil) -> [String] {
         ["  - name: \(quote(name))", "    type: gitlab", "    url: \(quote(url))", "    token_file: \(quote(tokenFile))"]
+            + (caFile.map { ["    tls: { ca_file: \(quote($0)) }"] } ?? [])
     }
 
     static func quote(_ text: String) -> String {
@@ -20,10 +21,12 @@ public enum ConfigurationEditor {
     }
 
     /// `text` with a server entry appended to `servers:` (created if missing).
-    public static func addingServer(to text: String, name: String, url: String, tokenFile: String) throws -> String {
+    public static func addingServer(to text: String, name: String, url: String, tokenFile: String, caFile: String? = nil) throws
+        -> String
+    {
         var lines = text.isEmpty ? [] : text.components(separatedBy: "\n")
         if lines.last == "" { lines.removeLast() }
-        let entry = entryLines(name: name, url: url, tokenFile: tokenFile)
+        let entry = entryLines(name: name, url: url, tokenFile: tokenFile, caFile: caFile)
         guard let root = try Yams.compose(yaml: text), case .mapping(let mapping) = root else {
             return (lines + ["servers:"] + entry).joined(separator: "\n") + "\n"
         }

@@ -74,20 +74,16 @@ struct Register: AsyncParsableCommand {
 
         let directory = (configPath as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: directory.isEmpty ? "." : directory, withIntermediateDirectories: true)
-        let tokenName = entryName.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" ? $0 : "_" } + ".token"
-        let tokenPath = (directory.isEmpty ? "." : directory) + "/" + String(tokenName)
+        let tokenName = String(entryName.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" ? $0 : "_" }) + ".token"
+        let tokenPath = (directory.isEmpty ? "." : directory) + "/" + tokenName
         guard
             FileManager.default.createFile(
                 atPath: tokenPath, contents: Data((credentials.token.reveal() + "\n").utf8),
                 attributes: [.posixPermissions: 0o600])
         else { throw ValidationError("cannot write \(tokenPath)") }
         chmod(tokenPath, 0o600)
-        var text = try ConfigurationEditor.addingServer(to: existing, name: entryName, url: url, tokenFile: String(tokenName))
-        if let caFile {
-            text = text.replacingOccurrences(
-                of: "    token_file: \"\(tokenName)\"\n",
-                with: "    token_file: \"\(tokenName)\"\n    tls: { ca_file: \"\(caFile)\" }\n")
-        }
+        let text = try ConfigurationEditor.addingServer(
+            to: existing, name: entryName, url: url, tokenFile: tokenName, caFile: tls.caFile)
         // Check the result before replacing the file.
         _ = try ConfigurationLoader().parse(text, file: configPath, baseDirectory: directory.isEmpty ? "." : directory)
         let temporary = configPath + ".tmp-\(getpid())"
