@@ -48,4 +48,7 @@ public protocol JobSource: Sendable {
     func nextJob() async throws -> JobRequestOutcome
     /// Whether the server has been reachable recently (for `/health`).
     var isHealthy: Bool { get }
+    /// Finishes jobs left unfinished on this server by a dead agent or an outage (from the spool);
+    /// returns how many were delivered.
+    func recoverInterruptedJobs(retention: Duration) async -> Int
 }

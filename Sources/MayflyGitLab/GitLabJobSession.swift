@@ -9,17 +9,20 @@ import MayflyCore
 /// checksum and size, repeated while the server answers 202, retried with backoff on failures).
 public final class GitLabJobSession: JobSession, @unchecked Sendable {
     public let job: Job
-    public let payload: JobPayload
+    /// The payload, for a job received in this process (a recovered one has only its record).
+    public let payload: JobPayload?
+    public let jobID: Int
     public let cancellations: AsyncStream<CancelRequest>
     public var log: any JobLogSink { sink }
-    public var maskedTokenPrefixes: [String] {
-        SecretMasker.defaultTokenPrefixes + (payload.features?.tokenMaskPrefixes ?? [])
-    }
+    public let maskedTokenPrefixes: [String]
 
     let client: GitLabClient
     let token: Secret
     let buffer: TraceBuffer
     let logger: Logger
+    let entry: SpoolEntry
+    private var record: SpoolRecord
+    private let onEnd: @Sendable (Int) -> Void
     private let sink: TraceSink
     private let shipper: Shipper
     private let cancellationContinuation: AsyncStream<CancelRequest>.Continuation
@@ -33,18 +36,73 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
     static let forceSendInterval: Duration = .seconds(30)
     static let finalUpdateAttempts = 10
 
-    init(client: GitLabClient, payload: JobPayload, job: Job, buffer: TraceBuffer, logger: Logger) {
+    /// A job received now: its spool entry is created with the job's record.
+    convenience init(
+        client: GitLabClient, server: String, payload: JobPayload, job: Job, entry: SpoolEntry, logger: Logger,
+        onEnd: @escaping @Sendable (Int) -> Void
+    ) throws {
+        try FileManager.default.createDirectory(
+            atPath: entry.path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let owner = ProcessIdentity.current()
+        let record = SpoolRecord(
+            server: server, jobID: payload.id, jobToken: payload.token,
+            supportedFailureReasons: payload.features?.failureReasons ?? [],
+            sent: 0, outcome: nil, ownerPID: owner.pid, ownerStartTime: owner.startTime, ownerBootID: owner.bootID,
+            createdAt: Date())
+        record.write(entry.recordPath)
+        try self.init(
+            client: client, record: record, payload: payload, job: job, buffer: TraceBuffer(path: entry.tracePath), entry: entry,
+            prefixes: SecretMasker.defaultTokenPrefixes + (payload.features?.tokenMaskPrefixes ?? []), logger: logger,
+            onEnd: onEnd)
+    }
+
+    /// A job a dead agent (or a failed delivery) left in the spool.
+    convenience init(
+        recovering record: SpoolRecord, entry: SpoolEntry, client: GitLabClient, logger: Logger,
+        onEnd: @escaping @Sendable (Int) -> Void
+    )
+        throws
+    {
+        var owned = record
+        let owner = ProcessIdentity.current()
+        (owned.ownerPID, owned.ownerStartTime, owned.ownerBootID) = (owner.pid, owner.startTime, owner.bootID)
+        owned.write(entry.recordPath)
+        try self.init(
+            client: client, record: owned, payload: nil, job: Job(id: "\(record.jobID)", script: []),
+            buffer: TraceBuffer(path: entry.tracePath, resume: true), entry: entry, prefixes: SecretMasker.defaultTokenPrefixes,
+            logger: logger, onEnd: onEnd)
+    }
+
+    private init(
+        client: GitLabClient, record: SpoolRecord, payload: JobPayload?, job: Job, buffer: TraceBuffer, entry: SpoolEntry,
+        prefixes: [String],
+        logger: Logger, onEnd: @escaping @Sendable (Int) -> Void
+    ) throws {
         self.client = client
         self.payload = payload
+        self.jobID = record.jobID
         self.job = job
-        self.token = Secret(payload.token)
+        self.token = Secret(record.jobToken)
         self.buffer = buffer
         self.logger = logger
+        self.entry = entry
+        self.record = record
+        self.maskedTokenPrefixes = prefixes
+        self.onEnd = onEnd
         self.sink = TraceSink(buffer: buffer)
         let (stream, continuation) = AsyncStream<CancelRequest>.makeStream()
         self.cancellations = stream
         self.cancellationContinuation = continuation
-        self.shipper = Shipper()
+        self.shipper = Shipper(sent: record.sent)
+    }
+
+    /// Writes the record with the current acknowledged offset (and outcome, when known).
+    private func persist(sent: Int? = nil, outcome: JobOutcome? = nil) {
+        lock.withLock {
+            if let sent { record.sent = sent }
+            if let outcome { record.outcome = SpoolRecord.RecordedOutcome(outcome) }
+            record.write(entry.recordPath)
+        }
     }
 
     /// The job's log goes to the trace buffer; the loop uploads it.
@@ -55,7 +113,8 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
 
     /// The upload state shared by the loop and the final update (one at a time).
     actor Shipper {
-        var sent = 0
+        var sent: Int
+        init(sent: Int) { self.sent = sent }
         var interval = GitLabJobSession.defaultInterval
         var lastSuccess = ContinuousClock.now
         var cancelSignalled = false
@@ -101,19 +160,21 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         if bytes.isEmpty && ContinuousClock.now - lastSuccess > Self.forceSendInterval {
             let size = await buffer.size
             let response = await client.updateJob(
-                id: payload.id, token: token, .init(state: "running", checksum: await buffer.checksum, bytesize: UInt64(size)))
+                id: jobID, token: token, .init(state: "running", checksum: await buffer.checksum, bytesize: UInt64(size)))
             if case .succeeded = response.kind { await shipper.touched() }
             await react(to: response)
             return
         }
-        let response = await client.patchTrace(id: payload.id, token: token, offset: sent, bytes: bytes)
+        let response = await client.patchTrace(id: jobID, token: token, offset: sent, bytes: bytes)
         await apply(response, sentFrom: sent, count: bytes.count)
         await react(to: response)
     }
 
     private func apply(_ response: GitLabClient.JobResponse, sentFrom offset: Int, count: Int) async {
         switch response.kind {
-        case .succeeded: await shipper.succeeded(sent: offset + count)
+        case .succeeded:
+            await shipper.succeeded(sent: offset + count)
+            if count > 0 { persist(sent: offset + count) }
         case .rangeMismatch(let stored):
             logger.info("GitLab holds \(stored) bytes of the log, not \(offset): resending from there")
             await shipper.set(sent: stored)
@@ -145,25 +206,31 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
     public func abandon() async {
         await stopLoop()
         cancellationContinuation.finish()
-        await buffer.remove()
+        entry.remove()
+        onEnd(jobID)
     }
 
     // MARK: Final update
 
     public func finish(_ outcome: JobOutcome) async {
         await stopLoop()
-        defer { cancellationContinuation.finish() }
+        defer {
+            cancellationContinuation.finish()
+            onEnd(jobID)
+        }
         if await shipper.aborted {
-            await buffer.remove()
+            entry.remove()
             return
         }
-        let update = Self.finalUpdate(for: outcome, supported: payload.features?.failureReasons ?? [])
+        // Written down first: if the agent dies now, the next one delivers this result.
+        persist(sent: await shipper.sent, outcome: outcome)
+        let update = Self.finalUpdate(for: outcome, supported: record.supportedFailureReasons)
         await shipper.resetInterval()
         var backoff = Duration.seconds(1)
         for attempt in 1...Self.finalUpdateAttempts {
             switch await finalAttempt(update) {
             case .done:
-                await buffer.remove()
+                entry.remove()
                 return
             case .failed(let reason):
                 if attempt == Self.finalUpdateAttempts {
@@ -195,7 +262,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
                 let size = await buffer.size
                 if sent >= size { break }
                 let bytes = await buffer.read(from: sent, limit: Self.patchLimit)
-                let response = await client.patchTrace(id: payload.id, token: token, offset: sent, bytes: bytes)
+                let response = await client.patchTrace(id: jobID, token: token, offset: sent, bytes: bytes)
                 await shipper.set(interval: response.updateInterval)
                 switch response.kind {
                 case .succeeded: await shipper.succeeded(sent: sent + bytes.count)
@@ -219,7 +286,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
             var update = base
             update.checksum = await buffer.checksum
             update.bytesize = UInt64(await buffer.size)
-            let response = await client.updateJob(id: payload.id, token: token, update)
+            let response = await client.updateJob(id: jobID, token: token, update)
             await shipper.set(interval: response.updateInterval)
             switch response.kind {
             case .succeeded, .abort: return .done

@@ -9,7 +9,7 @@ import Synchronization
 /// whose payload Mayfly cannot use with `runner_system_failure` and a message in its log, and
 /// keeps gitlab-runner's health rule (after 3 forbidden answers in a row, ask again only every
 /// hour).
-public final class GitLabJobSource: JobSource, Sendable {
+public final class GitLabJobSource: JobSource, @unchecked Sendable {
     public struct Settings: Sendable {
         public var name: String
         public var url: String
@@ -40,6 +40,62 @@ public final class GitLabJobSource: JobSource, Sendable {
     public let settings: Settings
     public let client: GitLabClient
     let logger: Logger
+    /// Jobs of this source that a session of this process is handling (recovery leaves them be).
+    private let active = Mutex<Set<Int>>([])
+
+    private func markActive(_ id: Int) { active.withLock { _ = $0.insert(id) } }
+    private func markEnded(_ id: Int) { active.withLock { _ = $0.remove(id) } }
+
+    /// Finishes jobs left in the spool: by an agent that died mid-job (the job is failed with a
+    /// line in its log saying the runner restarted, after the rest of its log), or jobs whose
+    /// result could not be delivered yet (an outage). Entries older than `retention` are dropped.
+    /// Returns how many jobs were delivered.
+    public func recoverInterruptedJobs(retention: Duration) async -> Int {
+        let prefix = CloneKeyName.forJob(server: settings.name, id: 0).dropLast(1)  // "<server>-"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: settings.spoolDirectory)) ?? []
+        var delivered = 0
+        for name in names.sorted() where name.hasPrefix(prefix) && Int(name.dropFirst(prefix.count)) != nil {
+            let entry = SpoolEntry(path: settings.spoolDirectory + "/" + name)
+            guard let record = SpoolRecord.read(entry.recordPath) else { continue }
+            if active.withLock({ $0.contains(record.jobID) }) { continue }
+            let owner = ProcessIdentity(pid: record.ownerPID, startTime: record.ownerStartTime, bootID: record.ownerBootID)
+            if owner.isAlive && owner != ProcessIdentity.current() { continue }  // another agent is on it
+            var jobLogger = logger
+            jobLogger[metadataKey: "job.id"] = "\(record.jobID)"
+            if Date().timeIntervalSince(record.createdAt) > retention.secondsDouble {
+                jobLogger.error(
+                    "dropping the spooled job: it could not be delivered within the retention of \(DurationText.format(retention))"
+                )
+                entry.remove()
+                continue
+            }
+            markActive(record.jobID)
+            do {
+                let session = try GitLabJobSession(recovering: record, entry: entry, client: client, logger: jobLogger) {
+                    [weak self] id in
+                    self?.markEnded(id)
+                }
+                var outcome = record.outcome?.outcome
+                if outcome == nil {
+                    jobLogger.warning("the agent running this job died (pid \(record.ownerPID)); failing the job with its log")
+                    await session.buffer.appendLine(
+                        "ERROR: the runner restarted while this job was running (agent pid \(record.ownerPID) is gone); the job is failed"
+                    )
+                    outcome = .systemFailure("the runner restarted")
+                } else {
+                    jobLogger.info(
+                        "delivering the result of a job that ended before the runner restarted or while GitLab was unreachable")
+                }
+                await session.finish(outcome!)
+                if !FileManager.default.fileExists(atPath: entry.path) { delivered += 1 }
+            } catch {
+                markEnded(record.jobID)
+                jobLogger.error("cannot reopen the spooled job: \(error)")
+            }
+        }
+        return delivered
+    }
+
     private struct Health {
         var forbiddenInARow = 0
         var lastAnswer: ContinuousClock.Instant?
@@ -154,13 +210,17 @@ public final class GitLabJobSource: JobSource, Sendable {
         }
         do {
             try FileManager.default.createDirectory(atPath: settings.spoolDirectory, withIntermediateDirectories: true)
-            let buffer = try TraceBuffer(
-                path: settings.spoolDirectory + "/\(CloneKeyName.forJob(server: settings.name, id: payload.id)).log")
+            let entry = SpoolEntry(directory: settings.spoolDirectory, server: settings.name, jobID: payload.id)
+            markActive(payload.id)
+            let session = try GitLabJobSession(
+                client: client, server: settings.name, payload: payload, job: job, entry: entry, logger: jobLogger
+            ) { [weak self] id in self?.markEnded(id) }
             jobLogger.info(
                 "received job \(payload.id) (\(payload.jobInfo?.name ?? "unnamed") in \(payload.jobInfo?.projectFullPath ?? "?"))"
             )
-            return .job(GitLabJobSession(client: client, payload: payload, job: job, buffer: buffer, logger: jobLogger))
+            return .job(session)
         } catch {
+            markEnded(payload.id)
             jobLogger.error("cannot create the job's trace buffer: \(error)")
             await failUnusable(
                 id: payload.id, token: token, problem: "Mayfly could not create the job's log buffer: \(error)",

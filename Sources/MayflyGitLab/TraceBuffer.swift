@@ -10,11 +10,24 @@ public actor TraceBuffer {
     private var crc = CRC32()
     public private(set) var size = 0
 
-    public init(path: String) throws {
+    /// Opens the trace at `path`: a new, empty one, or (`resume`) the one a dead agent left,
+    /// whose size and checksum are computed from its bytes.
+    public init(path: String, resume: Bool = false) throws {
         self.path = path
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let fd = open(path, O_RDWR | O_CREAT | (resume ? 0 : O_TRUNC) | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
         descriptor = fd
+        if resume {
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            var offset = 0
+            while true {
+                let count = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
+                if count <= 0 { break }
+                crc.update(Array(chunk.prefix(count)))
+                offset += count
+            }
+            size = offset
+        }
     }
 
     deinit { close(descriptor) }
@@ -59,4 +72,11 @@ public actor TraceBuffer {
     public var checksum: String { crc.gitLabChecksum }
 
     public func remove() { unlink(path) }
+
+    /// Appends a line of Mayfly's own (after a crash), on a line of its own.
+    public func appendLine(_ text: String) async {
+        var bytes = Array((text + "\n").utf8)
+        if size > 0, await read(from: size - 1, limit: 1) != [10] { bytes.insert(10, at: 0) }
+        await append(bytes)
+    }
 }

@@ -109,6 +109,110 @@ struct RunDaemonTests {
         }
     }
 
+    @Test(
+        "kill -9 of the agent mid-job: the next start kills nothing twice, removes the clone and fails the job with its whole log"
+    )
+    func killedAgentMidJob() async throws {
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                let server = try await FakeGitLab()
+                try await server.scenario(["trace_update_interval": 1])
+                let config = try writeConfig(directory, server: server)
+                let work = directory.appendingPathComponent("work")
+                let first = try MayflyProcess(
+                    ["run", "--config", config], in: directory.appendingPathComponent("first").creatingDirectory())
+                let (id, _) = try await server.enqueue([
+                    "script": ["echo begin", "sleep 300"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                _ = try await waitForTrace(server, id, containing: "begin")
+                kill(first.process.processIdentifier, SIGKILL)
+                _ = await first.waitSamplingMemory()
+                // QEMU was started under setpriv --pdeathsig KILL: it dies with the agent.
+                #expect(await eventually(timeout: .seconds(10)) { !anyQEMU(under: work) }, "QEMU died with the agent")
+                let clones = try FileManager.default.contentsOfDirectory(atPath: work.appendingPathComponent("clones").path)
+                #expect(clones.count == 1, "the dead agent's clone is still there before the restart")
+
+                let second = try MayflyProcess(
+                    ["run", "--config", config], in: directory.appendingPathComponent("second").creatingDirectory())
+                defer { if second.process.isRunning { kill(second.process.processIdentifier, SIGKILL) } }
+                let view = try await server.waitForJob(id, states: ["failed", "success"], timeout: .seconds(60))
+                #expect(view["state"] as? String == "failed")
+                #expect(view["failure_reason"] as? String == "runner_system_failure")
+                let trace = view["trace"] as? String ?? ""
+                #expect(trace.contains("begin\n"))
+                #expect(trace.contains("the runner restarted while this job was running"))
+                #expect((view["final_update"] as? [String: Any])?["checksum_ok"] as? Bool == true)
+                #expect(
+                    await eventually(timeout: .seconds(10)) {
+                        ((try? FileManager.default.contentsOfDirectory(atPath: work.appendingPathComponent("clones").path)) ?? [])
+                            .isEmpty
+                    }, "the restarted agent removed the clone")
+                #expect(
+                    ((try? FileManager.default.contentsOfDirectory(atPath: work.appendingPathComponent("spool").path)) ?? [])
+                        .isEmpty)
+                kill(second.process.processIdentifier, SIGTERM)
+                #expect(await second.waitSamplingMemory().status == 0)
+                server.stop()
+            }
+        }
+    }
+
+    @Test(
+        "a job that ends during an outage keeps its result in the spool; after the outage (and an agent restart) the whole log and the real result arrive"
+    )
+    func outageThenRestart() async throws {
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                let server = try await FakeGitLab()
+                try await server.scenario(["trace_update_interval": 1])
+                let config = try writeConfig(directory, server: server)
+                let work = directory.appendingPathComponent("work")
+                let first = try MayflyProcess(
+                    ["run", "--config", config], in: directory.appendingPathComponent("first").creatingDirectory())
+                let lines = (1...200).map { "line \($0) of a job that outlives the outage" }
+                let (id, _) = try await server.enqueue([
+                    "script": [
+                        "sleep 2", "for i in $(seq 1 200); do echo \"line $i of a job that outlives the outage\"; done",
+                        "echo done",
+                    ],
+                    "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                _ = try await server.waitForJob(id, states: ["running"])
+                // The outage: every trace upload and update now fails at the connection.
+                try await server.scenario([
+                    "faults": [
+                        ["endpoint": "trace", "drop_connection": true, "count": 100_000],
+                        ["endpoint": "update", "drop_connection": true, "count": 100_000],
+                    ]
+                ])
+                let spool = work.appendingPathComponent("spool/fake-\(id)/job.json")
+                #expect(
+                    await eventually(timeout: .seconds(120)) {
+                        ((try? String(contentsOf: spool, encoding: .utf8)) ?? "").contains("\"outcome\"")
+                    }, "the job ended and its outcome was written to the spool")
+                kill(first.process.processIdentifier, SIGKILL)
+                _ = await first.waitSamplingMemory()
+                try await server.scenario(["clear_faults": true])
+
+                let second = try MayflyProcess(
+                    ["run", "--config", config], in: directory.appendingPathComponent("second").creatingDirectory())
+                defer { if second.process.isRunning { kill(second.process.processIdentifier, SIGKILL) } }
+                let view = try await server.waitForJob(id, states: ["failed", "success"], timeout: .seconds(60))
+                #expect(view["state"] as? String == "success", "the real result, not a restart failure")
+                let trace = view["trace"] as? String ?? ""
+                for line in lines { #expect(trace.contains(line + "\n")) }
+                #expect(trace.contains("Job succeeded"))
+                #expect(!trace.contains("runner restarted"))
+                #expect((view["final_update"] as? [String: Any])?["checksum_ok"] as? Bool == true)
+                #expect((view["final_update"] as? [String: Any])?["bytesize_ok"] as? Bool == true)
+                kill(second.process.processIdentifier, SIGTERM)
+                _ = await second.waitSamplingMemory()
+                await expectNothingLeft(work)
+                server.stop()
+            }
+        }
+    }
+
     func waitForTrace(_ server: FakeGitLab, _ id: Int, containing text: String) async throws -> String {
         let clock = ContinuousClock()
         let deadline = clock.now + .seconds(120)

@@ -108,7 +108,7 @@ struct GitLabProtocolTests {
                 "script": ["echo hi"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
             ])
             let session = try await takeJob(jobs)
-            #expect(session.payload.id == id)
+            #expect(session.jobID == id)
             #expect(session.job.script == ["echo hi"])
             let view = try await server.job(id)
             #expect(view["state"] as? String == "running", "acknowledged with PUT state=running")

@@ -93,10 +93,13 @@ public struct WarmPoolSection: Sendable {
 public struct JobSection: Sendable {
     public static let defaultTimeout: Duration = .seconds(3600)
     public static let defaultLogLimit = ByteSize.mebibytes(100)
+    public static let defaultSpoolRetention: Duration = .seconds(7 * 86400)
 
     /// Upper bound; a smaller timeout from the server or the job file wins.
     public var timeout: Duration = defaultTimeout
     public var logLimit: ByteSize = defaultLogLimit
+    /// How long a job whose result could not be delivered (server unreachable) is kept and retried.
+    public var spoolRetention: Duration = defaultSpoolRetention
 
     public init() {}
 }

@@ -25,7 +25,7 @@ public struct ConfigurationLoader: Sendable {
     static let vmKeys = ["bundle", "cpus", "memory", "accelerator", "clone", "grace_period", "lock_retry", "boot_timeout"]
     static let lockRetryKeys = ["attempts", "initial", "max"]
     static let warmPoolKeys = ["size", "max_age", "boot"]
-    static let jobKeys = ["timeout", "log_limit"]
+    static let jobKeys = ["timeout", "log_limit", "spool_retention"]
     static let serverKeys = ["name", "type", "url", "token", "token_file", "poll_interval", "tls", "proxy"]
     static let tlsKeys = ["ca_file", "cert_file", "key_file", "insecure_skip_verify"]
     static let metricsKeys = ["listen"]
@@ -78,6 +78,9 @@ public struct ConfigurationLoader: Sendable {
             let section = try value.mapping(allowed: Self.jobKeys)
             if let timeout = section["timeout"] { configuration.job.timeout = try timeout.duration(atLeast: .seconds(1)) }
             if let limit = section["log_limit"] { configuration.job.logLimit = try limit.size(atLeast: .kibibytes(1)) }
+            if let retention = section["spool_retention"] {
+                configuration.job.spoolRetention = try retention.duration(atLeast: .seconds(60))
+            }
         }
         if let value = top["servers"] {
             var names: [String: YAMLValue] = [:]

@@ -34,7 +34,7 @@ extension Configuration {
             "  lock_retry: { attempts: \(vm.lockRetry.attempts), initial: \(duration(vm.lockRetry.initial)), max: \(duration(vm.lockRetry.maximum)) }",
             "  boot_timeout: \(duration(vm.bootTimeout))",
             "warm_pool: { size: \(warmPool.size), max_age: \(duration(warmPool.maxAge)), boot: \(warmPool.boot) }",
-            "job: { timeout: \(duration(job.timeout)), log_limit: \(job.logLimit) }",
+            "job: { timeout: \(duration(job.timeout)), log_limit: \(job.logLimit), spool_retention: \(duration(job.spoolRetention)) }",
         ]
         if servers.isEmpty {
             lines.append("servers: []")

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MayflyCore
+import MayflyVM
 import Synchronization
 
 /// `mayfly run`: takes jobs from every configured server and runs up to `concurrency` of them at
@@ -44,11 +45,34 @@ public final class RunnerDaemon: Sendable {
     public var runningJobs: Int { state.withLock { $0.jobs.count } }
     public var isAccepting: Bool { state.withLock { $0.accepting } }
 
+    /// How often clones of dead owners are reaped and undelivered spooled jobs retried.
+    public static let maintenanceInterval: Duration = .seconds(60)
+
+    /// Removes clones left by dead agents, then finishes the jobs they (or an outage) left in the
+    /// spool. Runs at start and every `maintenanceInterval`.
+    public func maintain() async {
+        let reaper = CloneReaper(workDirectory: configuration.workDirectory, logger: logger)
+        let reaped = await reaper.reap()
+        if !reaped.isEmpty { logger.warning("removed \(reaped.count) clone(s) left by an agent that died") }
+        for source in sources {
+            let delivered = await source.recoverInterruptedJobs(retention: configuration.job.spoolRetention)
+            if delivered > 0 { logger.info("delivered \(delivered) job(s) left in the spool to \(source.name)") }
+        }
+    }
+
     /// Runs until `stopAcceptingJobs()` was called and every job has ended.
     public func run() async {
         logger.info(
             "mayfly \(MayflyVersion.current) taking jobs from \(sources.map(\.name).joined(separator: ", ")) (concurrency \(configuration.concurrency))"
         )
+        await maintain()
+        let maintenance = Task {
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: Self.maintenanceInterval) } catch { return }
+                await self.maintain()
+            }
+        }
+        defer { maintenance.cancel() }
         let pollers = sources.map { source in Task { await self.poll(source) } }
         let keep = state.withLock { state -> Bool in
             state.pollers = pollers

@@ -1,4 +1,5 @@
 import Foundation
+import MayflyCore
 
 /// `owner.json` in a clone directory: who made the clone, for which job, when, how, and which
 /// QEMU runs it. The reaper decides from it alone whether a clone is orphaned, so it is written

@@ -1,5 +1,6 @@
 import CMayflySystem
 import Foundation
+import MayflyCore
 
 /// A process that holds a lock on a file (or has it open), as the kernel reports it.
 public struct LockHolder: Sendable, Equatable, CustomStringConvertible {

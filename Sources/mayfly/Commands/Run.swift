@@ -33,8 +33,6 @@ struct Run: AsyncParsableCommand {
         }
         _ = try BundleDirectory.locate(configuration.vm.bundle!, bundlesDirectory: configuration.bundlesDirectory)
         try FileManager.default.createDirectory(atPath: configuration.workDirectory, withIntermediateDirectories: true)
-        let reaped = await CloneReaper(workDirectory: configuration.workDirectory, logger: logger).reap()
-        if !reaped.isEmpty { logger.warning("removed \(reaped.count) clone(s) left by an agent that died") }
         let systemID = try SystemID.load(workDirectory: configuration.workDirectory)
 
         let sources: [any JobSource] = configuration.servers.map { server in

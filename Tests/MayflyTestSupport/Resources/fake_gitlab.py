@@ -841,6 +841,8 @@ def cancel(job, body):
 def set_scenario(body):
     """Faults are appended to the pending list; the other keys replace the current values."""
     faults = body.pop("faults", [])
+    if body.pop("clear_faults", False):  # ends an outage made of faults
+        STATE.faults.clear()
     unknown = set(body) - set(DEFAULT_SCENARIO)
     if unknown or not isinstance(faults, list):
         raise HTTPAnswer(400, {"error": f"unknown scenario keys {sorted(unknown)}"})
