@@ -20,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2", traits: []),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // libcurl, with typed wrappers for its variadic C functions.
@@ -78,6 +81,7 @@ let package = Package(
             dependencies: [
                 "MayflyCore", "MayflyHTTP",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strictSettings
         ),
@@ -85,9 +89,13 @@ let package = Package(
         .target(
             name: "MayflyAgent",
             dependencies: [
-                "MayflyCore", "MayflyHTTP", "MayflyVM", "MayflyGuest", "MayflyGitLab",
+                "MayflyCore", "MayflyHTTP", "MayflyVM", "MayflyGuest",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictSettings
         ),
@@ -97,6 +105,9 @@ let package = Package(
             dependencies: [
                 "MayflyAgent", "MayflyVM", "MayflyCore", "MayflyGitLab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
@@ -126,7 +137,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MayflyAgentTests",
-            dependencies: ["MayflyAgent", "MayflyCore", "MayflyVM", "MayflyTestSupport"],
+            dependencies: ["MayflyAgent", "MayflyCore", "MayflyVM", "MayflyHTTP", "MayflyTestSupport"],
             swiftSettings: strictSettings
         ),
     ]

@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import MayflyCore
+import MayflyHTTP
 import MayflyTestSupport
 import Testing
 
@@ -208,6 +210,83 @@ struct RunDaemonTests {
                 kill(second.process.processIdentifier, SIGTERM)
                 _ = await second.waitSamplingMemory()
                 await expectNothingLeft(work)
+                server.stop()
+            }
+        }
+    }
+
+    @Test(
+        "metrics and health are served; SIGHUP applies a valid file and refuses a broken one; SIGTERM lets a running job finish")
+    func operations() async throws {
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                let server = try await FakeGitLab()
+                try await server.scenario(["trace_update_interval": 1])
+                let config = try writeConfig(directory, server: server)
+                let original = try String(contentsOfFile: config, encoding: .utf8)
+                try (original + "\nmetrics: { listen: 127.0.0.1:0 }\n").write(toFile: config, atomically: true, encoding: .utf8)
+                let run = try MayflyProcess(
+                    ["run", "--config", config], in: directory.appendingPathComponent("run").creatingDirectory())
+                defer { if run.process.isRunning { kill(run.process.processIdentifier, SIGKILL) } }
+                let http = HTTPClient(logger: Logger(label: "t") { _ in SwiftLogNoOpLogHandler() })
+
+                // The metrics address is logged at start.
+                var metricsURL = ""
+                #expect(
+                    await eventually(timeout: .seconds(20)) {
+                        guard let range = run.errors.range(of: "metrics and health on ") else { return false }
+                        metricsURL = String(run.errors[range.upperBound...].prefix { !$0.isWhitespace }).replacingOccurrences(
+                            of: "/metrics", with: "")
+                        return true
+                    })
+                #expect(
+                    await eventually(timeout: .seconds(20)) {
+                        (try? await http.execute(HTTPRequest(url: metricsURL + "/health")))?.status == 200
+                    })
+                let health = try await http.execute(HTTPRequest(url: metricsURL + "/health"))
+                #expect(health.text.contains("\"polling\": true") && health.text.contains("\"fake\": true"), "\(health.text)")
+
+                // A job, then its metrics.
+                let (first, _) = try await server.enqueue([
+                    "script": ["echo one"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                _ = try await server.waitForJob(first, states: ["success", "failed"])
+                let metrics = try await http.execute(HTTPRequest(url: metricsURL + "/metrics")).text
+                #expect(metrics.contains("mayfly_jobs_total{result=\"success\"} 1"), "\(metrics.prefix(2000))")
+                #expect(metrics.contains("mayfly_phase_duration_seconds_bucket{phase=\"boot\""))
+                #expect(metrics.contains("mayfly_phase_duration_seconds_count{phase=\"script\"} 1"))
+                #expect(metrics.contains("mayfly_running_vms 0"))
+
+                // SIGHUP with a broken file: refused, the runner goes on.
+                try "servers: [ broken\n".write(toFile: config, atomically: true, encoding: .utf8)
+                kill(run.process.processIdentifier, SIGHUP)
+                #expect(await eventually(timeout: .seconds(10)) { run.errors.contains("was not reloaded") })
+                #expect(run.process.isRunning)
+                // SIGHUP with a valid file: applied.
+                try
+                    (original.replacingOccurrences(of: "concurrency: 1", with: "concurrency: 2")
+                    + "\nmetrics: { listen: 127.0.0.1:0 }\n")
+                    .write(toFile: config, atomically: true, encoding: .utf8)
+                kill(run.process.processIdentifier, SIGHUP)
+                #expect(
+                    await eventually(timeout: .seconds(10)) {
+                        run.errors.contains("configuration reloaded: 1 server(s), concurrency 2")
+                    })
+
+                // SIGTERM while a job runs: the job finishes, then the runner exits.
+                let (second, _) = try await server.enqueue([
+                    "script": ["echo running", "sleep 4", "echo finished after the signal"],
+                    "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                _ = try await waitForTrace(server, second, containing: "running")
+                kill(run.process.processIdentifier, SIGTERM)
+                let (status, _) = await run.waitSamplingMemory()
+                #expect(status == 0, "\(run.errors.suffix(2000))")
+                let view = try await server.job(second)
+                #expect(view["state"] as? String == "success")
+                #expect((view["trace"] as? String)?.contains("finished after the signal") == true)
+                await expectNothingLeft(directory.appendingPathComponent("work"))
+                http.shutdown()
                 server.stop()
             }
         }

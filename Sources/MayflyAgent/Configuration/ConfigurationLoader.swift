@@ -257,8 +257,8 @@ public struct ConfigurationLoader: Sendable {
             throw value.error("'\(value.path)' must be host:port, such as 127.0.0.1:9252, not '\(address)'")
         }
         let host = address[..<colon]
-        guard !host.isEmpty, let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port) else {
-            throw value.error("'\(value.path)' must be host:port with a port from 1 to 65535, not '\(address)'")
+        guard !host.isEmpty, let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port) else {
+            throw value.error("'\(value.path)' must be host:port with a port from 0 (any free one) to 65535, not '\(address)'")
         }
     }
 }

@@ -4,6 +4,7 @@ import Synchronization
 /// holds a free slot, and a running job keeps its slot until it is finished and reported.
 final class JobSlots: Sendable {
     private struct State {
+        var total: Int
         var available: Int
         var waiters: [Int: CheckedContinuation<Bool, Never>] = [:]
         var order: [Int] = []
@@ -12,7 +13,26 @@ final class JobSlots: Sendable {
 
     private let state: Mutex<State>
 
-    init(_ count: Int) { state = Mutex(State(available: count)) }
+    init(_ count: Int) { state = Mutex(State(total: count, available: count)) }
+
+    /// Changes the number of slots. Fewer slots than running jobs is fine: new jobs wait until
+    /// enough running ones end.
+    func resize(to count: Int) {
+        let woken = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
+            state.available += count - state.total
+            state.total = count
+            var woken: [CheckedContinuation<Bool, Never>] = []
+            while state.available > 0, !state.order.isEmpty {
+                let id = state.order.removeFirst()
+                if let waiter = state.waiters.removeValue(forKey: id) {
+                    state.available -= 1
+                    woken.append(waiter)
+                }
+            }
+            return woken
+        }
+        for waiter in woken { waiter.resume(returning: true) }
+    }
 
     var free: Int { state.withLock { $0.available } }
 
@@ -48,7 +68,7 @@ final class JobSlots: Sendable {
 
     func release() {
         let waiter = state.withLock { state -> CheckedContinuation<Bool, Never>? in
-            while !state.order.isEmpty {
+            while state.available >= 0, !state.order.isEmpty {
                 let id = state.order.removeFirst()
                 if let waiter = state.waiters.removeValue(forKey: id) { return waiter }
             }

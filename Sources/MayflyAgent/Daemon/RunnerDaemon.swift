@@ -10,9 +10,6 @@ import Synchronization
 /// at once — an open long poll is abandoned — and lets running jobs finish; `cancelRunningJobs()`
 /// stops them (they are reported as system failures, with a line in their log saying why).
 public final class RunnerDaemon: Sendable {
-    public let configuration: Configuration
-    let sources: [any JobSource]
-    let runner: JobRunner
     let logger: Logger
     let slots: JobSlots
 
@@ -23,6 +20,8 @@ public final class RunnerDaemon: Sendable {
     }
 
     private struct State {
+        var configuration: Configuration
+        var sources: [any JobSource]
         var accepting = true
         var pollers: [Task<Void, Never>] = []
         var jobs: [Int: RunningJob] = [:]
@@ -30,14 +29,43 @@ public final class RunnerDaemon: Sendable {
         var finished = 0
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
-    public init(configuration: Configuration, sources: [any JobSource], runner: JobRunner, logger: Logger) {
-        self.configuration = configuration
-        self.sources = sources
-        self.runner = runner
+    public init(configuration: Configuration, sources: [any JobSource], logger: Logger) {
         self.logger = logger
         slots = JobSlots(configuration.concurrency)
+        state = Mutex(State(configuration: configuration, sources: sources))
+    }
+
+    /// The configuration new jobs get (it changes on reload).
+    public var configuration: Configuration { state.withLock { $0.configuration } }
+    public var sources: [any JobSource] { state.withLock { $0.sources } }
+
+    /// Applies a reloaded configuration: new concurrency, servers and poll intervals take effect
+    /// for new requests and new jobs; running jobs go on untouched. Open job requests are
+    /// abandoned and asked again with the new settings.
+    public func reconfigure(_ configuration: Configuration, sources: [any JobSource]) {
+        let (old, accepting) = state.withLock { state -> ([Task<Void, Never>], Bool) in
+            let old = state.pollers
+            state.configuration = configuration
+            state.sources = sources
+            state.pollers = []
+            return (old, state.accepting)
+        }
+        for poller in old { poller.cancel() }
+        slots.resize(to: configuration.concurrency)
+        guard accepting else { return }
+        let pollers = sources.map { source in Task { await self.poll(source) } }
+        state.withLock { $0.pollers = pollers }
+        logger.info("configuration reloaded: \(sources.count) server(s), concurrency \(configuration.concurrency)")
+    }
+
+    /// Whether the agent is asking for jobs and at least one server answered lately (`/health`).
+    public func health() -> (healthy: Bool, detail: String) {
+        let (accepting, sources, running) = state.withLock { ($0.accepting, $0.sources, $0.jobs.count) }
+        let servers = sources.map { "\"\($0.name)\": \($0.isHealthy)" }.joined(separator: ", ")
+        let healthy = accepting && sources.contains { $0.isHealthy }
+        return (healthy, "{\"polling\": \(accepting), \"running_jobs\": \(running), \"servers\": {\(servers)}}\n")
     }
 
     /// Jobs finished since start (for tests and `/metrics` later).
@@ -51,10 +79,11 @@ public final class RunnerDaemon: Sendable {
     /// Removes clones left by dead agents, then finishes the jobs they (or an outage) left in the
     /// spool. Runs at start and every `maintenanceInterval`.
     public func maintain() async {
+        let configuration = self.configuration
         let reaper = CloneReaper(workDirectory: configuration.workDirectory, logger: logger)
         let reaped = await reaper.reap()
         if !reaped.isEmpty { logger.warning("removed \(reaped.count) clone(s) left by an agent that died") }
-        for source in sources {
+        for source in self.sources {
             let delivered = await source.recoverInterruptedJobs(retention: configuration.job.spoolRetention)
             if delivered > 0 { logger.info("delivered \(delivered) job(s) left in the spool to \(source.name)") }
         }
@@ -79,7 +108,13 @@ public final class RunnerDaemon: Sendable {
             return state.accepting
         }
         if !keep { for poller in pollers { poller.cancel() } }
-        for poller in pollers { await poller.value }
+        // Pollers are replaced on reload: wait for the current ones until no new ones are made.
+        while true {
+            let current = state.withLock { $0.pollers }
+            for poller in current { await poller.value }
+            let (after, accepting) = state.withLock { ($0.pollers, $0.accepting) }
+            if !accepting || after.isEmpty { break }
+        }
         // Wait for running jobs (stopAcceptingJobs and cancelRunningJobs decide how long).
         while true {
             let jobs = state.withLock { Array($0.jobs.values) }
@@ -142,12 +177,13 @@ public final class RunnerDaemon: Sendable {
         var jobLogger = logger
         jobLogger[metadataKey: "job.id"] = "\(job.id)"
         jobLogger[metadataKey: "server"] = "\(source.name)"
+        let configuration = self.configuration
         let log = JobLog(
             sink: session.log, maskedValues: job.maskedValues, limit: configuration.job.logLimit,
             maskTokenPrefixes: session.maskedTokenPrefixes)
         let control = JobControl()
         let reasons = ShutdownReason()
-        let runner = self.runner
+        let runner = JobRunner(configuration: configuration, logger: logger)
         let id = state.withLock { state -> Int in
             state.nextJob += 1
             return state.nextJob
@@ -176,20 +212,42 @@ public final class RunnerDaemon: Sendable {
                 await session.finish(outcome)
             }
             jobLogger.info("job finished: \(report.outcome)")
-            state.withLock { state in
+            Self.record(report)
+            let running = state.withLock { state -> Int in
                 state.jobs[id] = nil
                 state.finished += 1
+                return state.jobs.count
             }
+            AgentMetrics.runningVMs(running)
             slots.release()
         }
-        state.withLock { state in
+        let running = state.withLock { state -> Int in
             state.jobs[id] = RunningJob(task: task, log: log) {
                 Task {
                     await log.line("ERROR: the runner is shutting down: the job is stopped")
                     reasons.shutDownNow()
                 }
             }
+            return state.jobs.count
         }
+        AgentMetrics.runningVMs(running)
+    }
+}
+
+extension RunnerDaemon {
+    /// Counts a finished job and its phases in the metrics.
+    static func record(_ report: JobReport) {
+        let label: AgentMetrics.JobOutcomeLabel
+        switch report.outcome {
+        case .exited(0): label = .success
+        case .exited: label = .failed
+        case .timedOut: label = .timedOut
+        case .cancelled: label = .cancelled
+        case .systemFailure: label = .systemFailure
+        }
+        AgentMetrics.jobFinished(label)
+        for (phase, duration) in report.timings { AgentMetrics.phase(phase.rawValue, duration) }
+        AgentMetrics.lockRetries(max(0, report.lockAttempts - 1))
     }
 }
 

@@ -30,6 +30,8 @@ public enum JobEvent: Sendable {
 /// How a job went, with the time spent in each phase.
 public struct JobReport: Sendable {
     public var outcome: JobOutcome
+    /// Attempts the auxiliary-storage lock needed (0 when no VM was started).
+    public var lockAttempts = 0
     public var timings: [(phase: JobPhase, duration: Duration)] = []
     public var total: Duration = .zero
 
@@ -115,6 +117,7 @@ public struct JobRunner: Sendable {
         recorder.finishOpenPhases()
         await log.finish()
         var report = JobReport(outcome: outcome, timings: recorder.timings, total: clock.now - started)
+        report.lockAttempts = recorder.lockAttempts
         report.timings.sort { JobPhase.allCases.firstIndex(of: $0.phase)! < JobPhase.allCases.firstIndex(of: $1.phase)! }
         await writeFooter(report, log: log)
         jobLogger.info("job \(outcome)", metadata: ["job.duration": "\(DurationText.seconds(report.total))"])
@@ -144,6 +147,7 @@ public struct JobRunner: Sendable {
             await log.line(
                 "Using bundle \(vm.bundle.manifest.name), cloned by \(vm.cloneStrategy.rawValue), accelerator \(vm.accelerator.rawValue), mayfly \(MayflyVersion.current)"
             )
+            recorder.lockAttempts = vm.timings.lockAttempts
             if vm.timings.lockAttempts > 1 {
                 await log.line("The auxiliary-storage lock was busy: took it on attempt \(vm.timings.lockAttempts)")
             }
@@ -252,6 +256,11 @@ struct TimedOut: Error {
 /// Records when each phase starts and ends, and passes the events on.
 final class PhaseClock: @unchecked Sendable {
     private let lock = NSLock()
+    private var attempts = 0
+    var lockAttempts: Int {
+        get { lock.withLock { attempts } }
+        set { lock.withLock { attempts = newValue } }
+    }
     private var starts: [JobPhase: ContinuousClock.Instant] = [:]
     private var recorded: [(phase: JobPhase, duration: Duration)] = []
     private let events: @Sendable (JobEvent) -> Void
