@@ -30,6 +30,8 @@ public enum AgentMetrics {
     }
 
     public enum JobOutcomeLabel: String {
-        case success, failed, timedOut = "timed_out", cancelled, systemFailure = "system_failure"
+        case success, failed, cancelled
+        case timedOut = "timed_out"
+        case systemFailure = "system_failure"
     }
 }
