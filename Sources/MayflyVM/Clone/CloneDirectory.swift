@@ -56,10 +56,12 @@ public struct CloneDirectory: Sendable, Equatable {
     }
 }
 
-/// Where Mayfly keeps sockets: short paths, private to the user. `/run/mayfly` for root,
-/// `$XDG_RUNTIME_DIR/mayfly` for a user session, `/tmp/mayfly-<uid>` otherwise.
+/// Where Mayfly keeps sockets: short paths, private to the user. systemd's `$RUNTIME_DIRECTORY`
+/// (the unit's `RuntimeDirectory=`), else `/run/mayfly` for root, `$XDG_RUNTIME_DIR/mayfly` for a
+/// user session, `/tmp/mayfly-<uid>` otherwise.
 public enum RuntimeDirectory {
     public static func base(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let systemd = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first, !systemd.isEmpty { return String(systemd) }
         if getuid() == 0, access("/run", W_OK) == 0 { return "/run/mayfly" }
         if let xdg = environment["XDG_RUNTIME_DIR"], !xdg.isEmpty, access(xdg, W_OK) == 0 { return xdg + "/mayfly" }
         return "/tmp/mayfly-\(getuid())"
