@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MayflyCore
+import Metrics
 
 /// One GitLab job while it runs: the trace buffer on disk, the loop that uploads new log bytes
 /// every update interval (`PATCH /jobs/:id/trace`, at most 1 MiB per request, resuming from the
@@ -174,7 +175,10 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         switch response.kind {
         case .succeeded:
             await shipper.succeeded(sent: offset + count)
-            if count > 0 { persist(sent: offset + count) }
+            if count > 0 {
+                persist(sent: offset + count)
+                Counter(label: "mayfly_log_bytes_sent_total", dimensions: [("server", record.server)]).increment(by: count)
+            }
         case .rangeMismatch(let stored):
             logger.info("GitLab holds \(stored) bytes of the log, not \(offset): resending from there")
             await shipper.set(sent: stored)
@@ -265,7 +269,10 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
                 let response = await client.patchTrace(id: jobID, token: token, offset: sent, bytes: bytes)
                 await shipper.set(interval: response.updateInterval)
                 switch response.kind {
-                case .succeeded: await shipper.succeeded(sent: sent + bytes.count)
+                case .succeeded:
+                    await shipper.succeeded(sent: sent + bytes.count)
+                    Counter(label: "mayfly_log_bytes_sent_total", dimensions: [("server", record.server)]).increment(
+                        by: bytes.count)
                 case .abort:
                     await shipper.markAborted()
                     return .done

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MayflyCore
 import MayflyHTTP
+import Metrics
 import Synchronization
 
 /// Takes jobs from one GitLab server for the agent: asks `POST /jobs/request` (long polls are
@@ -174,6 +175,7 @@ public final class GitLabJobSource: JobSource, @unchecked Sendable {
 
     private func recordFailure() {
         health.withLock { $0.lastFailure = .now }
+        Counter(label: "mayfly_poll_errors_total", dimensions: [("server", settings.name)]).increment()
     }
 
     /// Acknowledges the job and builds its session; a job Mayfly cannot map is failed instead.

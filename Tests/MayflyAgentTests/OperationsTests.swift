@@ -33,10 +33,13 @@ struct OperationsTests {
     func unitFile() async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") else { return }
         try await withTemporaryDirectory { directory in
-            let unit = try String(contentsOf: repositoryRoot.appendingPathComponent("deploy/systemd/mayfly.service"), encoding: .utf8)
+            let unit = try String(
+                contentsOf: repositoryRoot.appendingPathComponent("deploy/systemd/mayfly.service"), encoding: .utf8)
             let local = directory.appendingPathComponent("mayfly.service")
-            try unit.replacingOccurrences(of: "/usr/local/bin/mayfly", with: repositoryRoot.appendingPathComponent(".build/debug/mayfly").path)
-                .write(to: local, atomically: true, encoding: .utf8)
+            try unit.replacingOccurrences(
+                of: "/usr/local/bin/mayfly", with: repositoryRoot.appendingPathComponent(".build/debug/mayfly").path
+            )
+            .write(to: local, atomically: true, encoding: .utf8)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-analyze")
             process.arguments = ["verify", local.path]

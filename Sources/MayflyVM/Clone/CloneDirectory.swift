@@ -61,7 +61,9 @@ public struct CloneDirectory: Sendable, Equatable {
 /// user session, `/tmp/mayfly-<uid>` otherwise.
 public enum RuntimeDirectory {
     public static func base(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
-        if let systemd = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first, !systemd.isEmpty { return String(systemd) }
+        if let systemd = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first, !systemd.isEmpty {
+            return String(systemd)
+        }
         if getuid() == 0, access("/run", W_OK) == 0 { return "/run/mayfly" }
         if let xdg = environment["XDG_RUNTIME_DIR"], !xdg.isEmpty, access(xdg, W_OK) == 0 { return xdg + "/mayfly" }
         return "/tmp/mayfly-\(getuid())"
