@@ -23,6 +23,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
     let logger: Logger
     let entry: SpoolEntry
     private var record: SpoolRecord
+    private let serverName: String
     private let onEnd: @Sendable (Int) -> Void
     private let sink: TraceSink
     private let shipper: Shipper
@@ -88,6 +89,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         self.logger = logger
         self.entry = entry
         self.record = record
+        self.serverName = record.server
         self.maskedTokenPrefixes = prefixes
         self.onEnd = onEnd
         self.sink = TraceSink(buffer: buffer)
@@ -177,7 +179,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
             await shipper.succeeded(sent: offset + count)
             if count > 0 {
                 persist(sent: offset + count)
-                Counter(label: "mayfly_log_bytes_sent_total", dimensions: [("server", record.server)]).increment(by: count)
+                Counter(label: "mayfly_log_bytes_sent_total", dimensions: [("server", serverName)]).increment(by: count)
             }
         case .rangeMismatch(let stored):
             logger.info("GitLab holds \(stored) bytes of the log, not \(offset): resending from there")
@@ -228,7 +230,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         }
         // Written down first: if the agent dies now, the next one delivers this result.
         persist(sent: await shipper.sent, outcome: outcome)
-        let update = Self.finalUpdate(for: outcome, supported: record.supportedFailureReasons)
+        let update = Self.finalUpdate(for: outcome, supported: lock.withLock { record.supportedFailureReasons })
         await shipper.resetInterval()
         var backoff = Duration.seconds(1)
         for attempt in 1...Self.finalUpdateAttempts {
@@ -271,7 +273,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
                 switch response.kind {
                 case .succeeded:
                     await shipper.succeeded(sent: sent + bytes.count)
-                    Counter(label: "mayfly_log_bytes_sent_total", dimensions: [("server", record.server)]).increment(
+                    Counter(label: "mayfly_log_bytes_sent_total", dimensions: [("server", serverName)]).increment(
                         by: bytes.count)
                 case .abort:
                     await shipper.markAborted()
