@@ -292,6 +292,64 @@ struct RunDaemonTests {
         }
     }
 
+    @Test(
+        "the warm pool: a job takes a ready clone (no clone or grace wait), the pool refills, old clones are recycled, shutdown empties it"
+    )
+    func warmPool() async throws {
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                let server = try await FakeGitLab()
+                try await server.scenario(["trace_update_interval": 1])
+                let config = try writeConfig(directory, server: server)
+                let text = try String(contentsOfFile: config, encoding: .utf8)
+                    .replacingOccurrences(of: "grace_period: 0", with: "grace_period: 2s")
+                try (text + "\nwarm_pool: { size: 1, max_age: 8s }\nmetrics: { listen: 127.0.0.1:0 }\n")
+                    .write(toFile: config, atomically: true, encoding: .utf8)
+                let run = try MayflyProcess(
+                    ["run", "--config", config], in: directory.appendingPathComponent("run").creatingDirectory())
+                defer { if run.process.isRunning { kill(run.process.processIdentifier, SIGKILL) } }
+                let clones = directory.appendingPathComponent("work/clones")
+                func warm() -> [String] {
+                    ((try? FileManager.default.contentsOfDirectory(atPath: clones.path)) ?? []).filter { $0.hasPrefix("warm-") }
+                }
+                #expect(await eventually(timeout: .seconds(20)) { warm().count == 1 }, "the pool fills")
+                let first = warm()
+                try await Task.sleep(for: .seconds(3))  // past the grace period
+
+                let (id, _) = try await server.enqueue([
+                    "script": ["echo hot"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                let view = try await server.waitForJob(id, states: ["success", "failed"])
+                let trace = view["trace"] as? String ?? ""
+                #expect(view["state"] as? String == "success")
+                #expect(trace.contains("Using a clone from the warm pool"))
+                #expect(trace.contains("clone 0.000s, grace 0.000s"), "\(trace)")
+                #expect(
+                    await eventually(timeout: .seconds(20)) { warm().count == 1 && warm() != first },
+                    "the pool refills with a new clone")
+                let refilled = warm()
+                #expect(
+                    await eventually(timeout: .seconds(20)) { warm().count == 1 && warm() != refilled },
+                    "a clone past max_age is recycled")
+
+                var metricsURL = ""
+                if let range = run.errors.range(of: "metrics and health on ") {
+                    metricsURL = String(run.errors[range.upperBound...].prefix { !$0.isWhitespace })
+                }
+                let http = HTTPClient(logger: Logger(label: "t") { _ in SwiftLogNoOpLogHandler() })
+                let metrics = try await http.execute(HTTPRequest(url: metricsURL)).text
+                #expect(metrics.contains("mayfly_warm_pool_total{result=\"hit\"} 1"), "\(metrics.prefix(1500))")
+                http.shutdown()
+
+                kill(run.process.processIdentifier, SIGTERM)
+                #expect(await run.waitSamplingMemory().status == 0)
+                #expect(warm().isEmpty, "shutdown deletes the warm clones")
+                await expectNothingLeft(directory.appendingPathComponent("work"))
+                server.stop()
+            }
+        }
+    }
+
     func waitForTrace(_ server: FakeGitLab, _ id: Int, containing text: String) async throws -> String {
         let clock = ContinuousClock()
         let deadline = clock.now + .seconds(120)

@@ -30,11 +30,26 @@ public final class RunnerDaemon: Sendable {
     }
 
     private let state: Mutex<State>
+    /// Clones of `vm.bundle` made ahead of jobs (`warm_pool.size` > 0).
+    public let warmPool: WarmPool?
 
     public init(configuration: Configuration, sources: [any JobSource], logger: Logger) {
         self.logger = logger
         slots = JobSlots(configuration.concurrency)
         state = Mutex(State(configuration: configuration, sources: sources))
+        if configuration.warmPool.size > 0, let name = configuration.vm.bundle,
+            let bundle = try? BundleDirectory.locate(name, bundlesDirectory: configuration.bundlesDirectory)
+        {
+            if configuration.warmPool.boot {
+                logger.warning("warm_pool.boot is not supported yet: warm clones are kept ready but not booted")
+            }
+            warmPool = WarmPool(
+                cloner: Cloner(workDirectory: configuration.workDirectory, strategy: configuration.vm.clone, logger: logger),
+                bundle: bundle,
+                size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge, logger: logger)
+        } else {
+            warmPool = nil
+        }
     }
 
     /// The configuration new jobs get (it changes on reload).
@@ -54,6 +69,9 @@ public final class RunnerDaemon: Sendable {
         }
         for poller in old { poller.cancel() }
         slots.resize(to: configuration.concurrency)
+        if let warmPool {
+            Task { await warmPool.resize(size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge) }
+        }
         guard accepting else { return }
         let pollers = sources.map { source in Task { await self.poll(source) } }
         state.withLock { $0.pollers = pollers }
@@ -95,6 +113,7 @@ public final class RunnerDaemon: Sendable {
             "mayfly \(MayflyVersion.current) taking jobs from \(sources.map(\.name).joined(separator: ", ")) (concurrency \(configuration.concurrency))"
         )
         await maintain()
+        await warmPool?.start()
         let maintenance = Task {
             while !Task.isCancelled {
                 do { try await Task.sleep(for: Self.maintenanceInterval) } catch { return }
@@ -121,6 +140,7 @@ public final class RunnerDaemon: Sendable {
             if jobs.isEmpty { break }
             for job in jobs { await job.task.value }
         }
+        await warmPool?.stop()
         logger.info("stopped: no job running, no job requested")
     }
 
@@ -183,7 +203,7 @@ public final class RunnerDaemon: Sendable {
             maskTokenPrefixes: session.maskedTokenPrefixes)
         let control = JobControl()
         let reasons = ShutdownReason()
-        let runner = JobRunner(configuration: configuration, logger: logger)
+        let runner = JobRunner(configuration: configuration, logger: logger, warmPool: warmPool)
         let id = state.withLock { state -> Int in
             state.nextJob += 1
             return state.nextJob

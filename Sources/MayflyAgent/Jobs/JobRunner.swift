@@ -50,15 +50,17 @@ public struct JobRunner: Sendable {
     let logger: Logger
     let runtimeBase: String
     let kvm: KVMAssessment
+    let warmPool: WarmPool?
 
     public init(
         configuration: Configuration, logger: Logger, runtimeBase: String = RuntimeDirectory.base(),
-        kvm: KVMAssessment = .assess()
+        kvm: KVMAssessment = .assess(), warmPool: WarmPool? = nil
     ) {
         self.configuration = configuration
         self.logger = logger
         self.runtimeBase = runtimeBase
         self.kvm = kvm
+        self.warmPool = warmPool
     }
 
     /// The VM options the configuration asks for.
@@ -141,7 +143,10 @@ public struct JobRunner: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         let lifetime = timeout + job.afterScriptTimeout + vmOptions.bootTimeout + .seconds(300)
-        return try await launcher.withVM(bundle: bundle, server: server, job: job.id, lifetime: lifetime) { phase, duration in
+        let warm = await warmPool?.take(for: bundle)
+        if warm != nil { await log.line("Using a clone from the warm pool") }
+        return try await launcher.withVM(bundle: bundle, server: server, job: job.id, lifetime: lifetime, prepared: warm) {
+            phase, duration in
             if let duration { recorder.finish(JobPhase(phase), duration) } else { recorder.start(JobPhase(phase)) }
         } _: { vm in
             await log.line(

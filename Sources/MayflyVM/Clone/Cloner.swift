@@ -88,6 +88,20 @@ public struct Cloner: Sendable {
         return Made(clone: clone, strategy: chosen, record: record, duration: duration)
     }
 
+    /// Takes over a clone made ahead of time (the warm pool) for a job: its record names the job
+    /// and a new deadline from now on; its creation time (and so the grace period) is unchanged.
+    public func adopt(_ made: Made, server: String, job: String, lifetime: Duration) throws(VMError) -> Made {
+        guard var record = made.clone.record() else {
+            throw .io(operation: "read the owner record of", path: made.clone.path, errno: ENOENT)
+        }
+        record.server = server
+        record.job = job
+        record.owner = .current()
+        record.deadline = Date().addingTimeInterval(lifetime.secondsDouble)
+        try record.write(to: made.clone.ownerPath)
+        return Made(clone: made.clone, strategy: made.strategy, record: record, duration: made.duration)
+    }
+
     /// The strategy to use for `bundle`: the configured one if it works here (else an error),
     /// or for `auto` the fastest that works.
     public func resolveStrategy(bundle: BundleDirectory) throws(VMError) -> CloneStrategyChoice {

@@ -27,19 +27,33 @@ public struct VMLauncher: Sendable {
 
     /// Runs `body` in a fresh VM of `bundle` for the job (`server`, `job`). `lifetime` bounds the
     /// clone (its record's deadline). `onPhase` hears each phase start (`nil`) and end (its duration).
+    /// `prepared` is a clone made ahead of the job (the warm pool): it is adopted (its record
+    /// names the job from now on) instead of cloning, and its grace period has usually passed.
     public func withVM<T: Sendable>(
-        bundle: BundleDirectory, server: String, job: String, lifetime: Duration,
+        bundle: BundleDirectory, server: String, job: String, lifetime: Duration, prepared: Cloner.Made? = nil,
         onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void = { _, _ in },
         _ body: (VirtualMachine) async throws -> T
     ) async throws -> T {
-        let accelerator = try options.accelerator.resolve(kvm: kvm)
+        let accelerator: Accelerator
+        do {
+            accelerator = try options.accelerator.resolve(kvm: kvm)
+        } catch {
+            if let prepared { cloner.remove(prepared.clone) }
+            throw error
+        }
         if options.accelerator == .auto && accelerator == .tcg {
             logger.info("using TCG software emulation: \(kvm.reason)")
         }
         onPhase(.clone, nil)
-        let made = try await cloner.makeClone(bundle: bundle, server: server, job: job, lifetime: lifetime)
-        onPhase(.clone, made.duration)
-        var timings = VMTimings(clone: made.duration)
+        let made: Cloner.Made
+        if let prepared {
+            made = try cloner.adopt(prepared, server: server, job: job, lifetime: lifetime)
+            onPhase(.clone, .zero)
+        } else {
+            made = try await cloner.makeClone(bundle: bundle, server: server, job: job, lifetime: lifetime)
+            onPhase(.clone, made.duration)
+        }
+        var timings = VMTimings(clone: prepared == nil ? made.duration : .zero)
         var booted: Booted?
         do {
             let clock = ContinuousClock()
