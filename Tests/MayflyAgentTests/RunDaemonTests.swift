@@ -341,6 +341,31 @@ struct RunDaemonTests {
                 #expect(metrics.contains("mayfly_warm_pool_total{result=\"hit\"} 1"), "\(metrics.prefix(1500))")
                 http.shutdown()
 
+                // Reload with boot: true: the pool now holds a booted guest, and a job starts on it.
+                let booted = try String(contentsOfFile: config, encoding: .utf8)
+                    .replacingOccurrences(
+                        of: "warm_pool: { size: 1, max_age: 8s }", with: "warm_pool: { size: 1, max_age: 5m, boot: true }")
+                try booted.write(toFile: config, atomically: true, encoding: .utf8)
+                let upBefore = run.errors.components(separatedBy: "guest is up").count
+                kill(run.process.processIdentifier, SIGHUP)
+                #expect(
+                    await eventually(timeout: .seconds(60)) {
+                        run.errors.components(separatedBy: "guest is up").count > upBefore
+                    },
+                    "a warm guest boots")
+                let clock = ContinuousClock()
+                let queued = clock.now
+                let (hot, _) = try await server.enqueue([
+                    "script": ["echo on a booted guest"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                ])
+                let hotView = try await server.waitForJob(hot, states: ["success", "failed"])
+                let pickup = clock.now - queued
+                let hotTrace = hotView["trace"] as? String ?? ""
+                #expect(hotView["state"] as? String == "success")
+                #expect(hotTrace.contains("Using a VM from the warm pool (already booted)"))
+                #expect(hotTrace.contains("lock 0.000s, boot 0.000s"), "\(hotTrace)")
+                print("measured: queued to finished on a warm booted VM: \(pickup)")
+
                 kill(run.process.processIdentifier, SIGTERM)
                 #expect(await run.waitSamplingMemory().status == 0)
                 #expect(warm().isEmpty, "shutdown deletes the warm clones")

@@ -40,13 +40,13 @@ public final class RunnerDaemon: Sendable {
         if configuration.warmPool.size > 0, let name = configuration.vm.bundle,
             let bundle = try? BundleDirectory.locate(name, bundlesDirectory: configuration.bundlesDirectory)
         {
-            if configuration.warmPool.boot {
-                logger.warning("warm_pool.boot is not supported yet: warm clones are kept ready but not booted")
-            }
+            let launcher = VMLauncher(
+                workDirectory: configuration.workDirectory,
+                options: JobRunner(configuration: configuration, logger: logger).vmOptions,
+                logger: logger)
             warmPool = WarmPool(
-                cloner: Cloner(workDirectory: configuration.workDirectory, strategy: configuration.vm.clone, logger: logger),
-                bundle: bundle,
-                size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge, logger: logger)
+                launcher: launcher, bundle: bundle, size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge,
+                boot: configuration.warmPool.boot, logger: logger)
         } else {
             warmPool = nil
         }
@@ -70,7 +70,10 @@ public final class RunnerDaemon: Sendable {
         for poller in old { poller.cancel() }
         slots.resize(to: configuration.concurrency)
         if let warmPool {
-            Task { await warmPool.resize(size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge) }
+            Task {
+                await warmPool.resize(
+                    size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge, boot: configuration.warmPool.boot)
+            }
         }
         guard accepting else { return }
         let pollers = sources.map { source in Task { await self.poll(source) } }

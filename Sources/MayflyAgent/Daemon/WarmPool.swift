@@ -3,34 +3,48 @@ import Logging
 import MayflyCore
 import MayflyVM
 
-/// Clones of the configured bundle made ahead of jobs (`warm_pool`), so that a job skips the
-/// clone and, usually, the grace period (it counts from the clone's creation). A warm clone is
-/// used once: a job takes it, or it is recycled (deleted and replaced) once older than
-/// `max_age`. The pool refills in the background and is emptied on shutdown. Warm clones are
-/// owned by the agent like any clone, so the reaper removes them if the agent dies.
+/// VMs of the configured bundle prepared ahead of jobs (`warm_pool`): clones whose grace period
+/// runs before any job needs them, or (`boot: true`) guests already booted and answering SSH.
+/// Each is used once: a job takes it, or it is recycled (deleted and replaced) once older than
+/// `max_age`. The pool refills in the background and is emptied on shutdown. Its clones are owned
+/// by the agent like any clone, so the reaper removes them (and their QEMU) if the agent dies.
 public actor WarmPool {
-    private let cloner: Cloner
+    /// What a job gets from the pool.
+    public enum Ready: Sendable {
+        case clone(Cloner.Made)
+        case booted(RunningVM)
+
+        var createdAt: Date {
+            switch self {
+            case .clone(let made): return made.record.createdAt
+            case .booted(let running): return running.createdAt
+            }
+        }
+    }
+
+    private let launcher: VMLauncher
     private let bundle: BundleDirectory
     private var size: Int
     private var maxAge: Duration
+    private var boot: Bool
     private let logger: Logger
-    private var ready: [Cloner.Made] = []
+    private var ready: [Ready] = []
     private var filling = false
     private var stopped = false
     private var refill: Task<Void, Never>?
 
-    public init(cloner: Cloner, bundle: BundleDirectory, size: Int, maxAge: Duration, logger: Logger) {
-        self.cloner = cloner
+    public init(launcher: VMLauncher, bundle: BundleDirectory, size: Int, maxAge: Duration, boot: Bool, logger: Logger) {
+        self.launcher = launcher
         self.bundle = bundle
         self.size = size
         self.maxAge = maxAge
+        self.boot = boot
         self.logger = logger
     }
 
-    public var bundlePath: String { bundle.path }
     public var readyCount: Int { ready.count }
 
-    /// Starts keeping the pool full (and recycling old clones) until `stop()`.
+    /// Starts keeping the pool full (and recycling old entries) until `stop()`.
     public func start() {
         guard refill == nil else { return }
         refill = Task { [weak self] in
@@ -41,15 +55,20 @@ public actor WarmPool {
         }
     }
 
-    public func resize(size: Int, maxAge: Duration) {
-        self.size = size
+    public func resize(size: Int, maxAge: Duration, boot: Bool) async {
         self.maxAge = maxAge
-        while ready.count > size { cloner.remove(ready.removeLast().clone) }
+        self.size = size
+        if boot != self.boot {
+            self.boot = boot
+            await discard(ready)
+            ready.removeAll()
+        }
+        while ready.count > size { await discard([ready.removeLast()]) }
     }
 
-    /// A ready clone of `bundle` for a job, or `nil` (a miss) when none is ready.
-    public func take(for bundle: BundleDirectory) -> Cloner.Made? {
-        recycleOld()
+    /// A ready VM of `bundle` for a job, or `nil` (a miss).
+    public func take(for bundle: BundleDirectory) async -> Ready? {
+        await recycle()
         guard !stopped, bundle.path == self.bundle.path, !ready.isEmpty else {
             AgentMetrics.warmPool(hit: false)
             return nil
@@ -58,48 +77,62 @@ public actor WarmPool {
         return ready.removeFirst()
     }
 
-    /// Stops refilling and deletes every ready clone.
+    /// Stops refilling and deletes every ready entry (stopping booted guests).
     public func stop() async {
         stopped = true
         refill?.cancel()
         await refill?.value
-        for made in ready { cloner.remove(made.clone) }
+        await discard(ready)
         ready.removeAll()
     }
 
-    private func recycleOld() {
-        let now = Date()
-        let (old, young) = ready.reduce(into: ([Cloner.Made](), [Cloner.Made]())) { parts, made in
-            if now.timeIntervalSince(made.record.createdAt) >= maxAge.secondsDouble {
-                parts.0.append(made)
-            } else {
-                parts.1.append(made)
+    private func discard(_ entries: [Ready]) async {
+        for entry in entries {
+            switch entry {
+            case .clone(let made): launcher.cloner.remove(made.clone)
+            case .booted(let running): await running.stop(graceful: false)
             }
         }
-        for made in old {
-            logger.info(
-                "recycling a warm clone older than \(DurationText.format(maxAge))", metadata: ["vm.clone": "\(made.clone.path)"])
-            cloner.remove(made.clone)
+    }
+
+    /// Drops entries past `max_age`, and booted guests whose QEMU died.
+    private func recycle() async {
+        let now = Date()
+        var keep: [Ready] = []
+        var drop: [Ready] = []
+        for entry in ready {
+            let old = now.timeIntervalSince(entry.createdAt) >= maxAge.secondsDouble
+            var dead = false
+            if case .booted(let running) = entry { dead = !running.isAlive }
+            if old || dead { drop.append(entry) } else { keep.append(entry) }
         }
-        ready = young
+        ready = keep
+        if !drop.isEmpty { logger.info("recycling \(drop.count) warm VM(s) older than \(DurationText.format(maxAge)) or dead") }
+        await discard(drop)
     }
 
     private func maintain() async {
-        recycleOld()
+        await recycle()
         guard !stopped, !filling, ready.count < size else { return }
         filling = true
         defer { filling = false }
+        let job = "warm-\(UUID().uuidString.prefix(8).lowercased())"
+        let lifetime = maxAge + .seconds(3600)
         do {
-            let made = try await cloner.makeClone(
-                bundle: bundle, server: "warm-pool", job: "warm-\(UUID().uuidString.prefix(8).lowercased())",
-                lifetime: maxAge + .seconds(3600))
-            if stopped || ready.count >= size {
-                cloner.remove(made.clone)
+            let entry: Ready
+            if boot {
+                entry = .booted(try await launcher.start(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime))
             } else {
-                ready.append(made)
+                entry = .clone(
+                    try await launcher.cloner.makeClone(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime))
+            }
+            if stopped || ready.count >= size {
+                await discard([entry])
+            } else {
+                ready.append(entry)
             }
         } catch {
-            logger.warning("could not make a warm clone: \(error)")
+            logger.warning("could not prepare a warm VM: \(error)")
         }
     }
 }

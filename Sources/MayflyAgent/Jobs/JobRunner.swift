@@ -143,12 +143,26 @@ public struct JobRunner: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         let lifetime = timeout + job.afterScriptTimeout + vmOptions.bootTimeout + .seconds(300)
-        let warm = await warmPool?.take(for: bundle)
-        if warm != nil { await log.line("Using a clone from the warm pool") }
-        return try await launcher.withVM(bundle: bundle, server: server, job: job.id, lifetime: lifetime, prepared: warm) {
-            phase, duration in
+        let onPhase: @Sendable (VMPhase, Duration?) -> Void = { phase, duration in
             if let duration { recorder.finish(JobPhase(phase), duration) } else { recorder.start(JobPhase(phase)) }
-        } _: { vm in
+        }
+        let running: RunningVM
+        switch await warmPool?.take(for: bundle) {
+        case .booted(let warm)?:
+            await log.line("Using a VM from the warm pool (already booted)")
+            for phase in [VMPhase.clone, .grace, .lock, .boot] {
+                onPhase(phase, nil)
+                onPhase(phase, .zero)
+            }
+            running = try launcher.adopt(warm, server: server, job: job.id, lifetime: lifetime)
+        case .clone(let made)?:
+            await log.line("Using a clone from the warm pool")
+            running = try await launcher.start(
+                bundle: bundle, server: server, job: job.id, lifetime: lifetime, prepared: made, onPhase: onPhase)
+        case nil:
+            running = try await launcher.start(bundle: bundle, server: server, job: job.id, lifetime: lifetime, onPhase: onPhase)
+        }
+        return try await launcher.run(running, onPhase: onPhase) { vm in
             await log.line(
                 "Using bundle \(vm.bundle.manifest.name), cloned by \(vm.cloneStrategy.rawValue), accelerator \(vm.accelerator.rawValue), mayfly \(MayflyVersion.current)"
             )

@@ -34,6 +34,34 @@ public struct VMLauncher: Sendable {
         onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void = { _, _ in },
         _ body: (VirtualMachine) async throws -> T
     ) async throws -> T {
+        let running = try await start(
+            bundle: bundle, server: server, job: job, lifetime: lifetime, prepared: prepared, onPhase: onPhase)
+        return try await run(running, onPhase: onPhase, body)
+    }
+
+    /// Runs `body` in a VM started earlier (`start`), then stops it and deletes its clone,
+    /// whatever `body` does.
+    public func run<T: Sendable>(
+        _ running: RunningVM, onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void = { _, _ in },
+        _ body: (VirtualMachine) async throws -> T
+    ) async throws -> T {
+        do {
+            let result = try await body(running.machine)
+            await running.stop(graceful: true, onPhase: onPhase)
+            return result
+        } catch {
+            await running.stop(graceful: false, onPhase: onPhase)
+            throw error
+        }
+    }
+
+    /// Clones (or adopts `prepared`), waits out the grace period, takes the lock, starts QEMU and
+    /// waits until the guest's SSH answers. The caller owns the result and must `stop` it (or
+    /// hand it to `run`); on failure everything made so far is removed before the error.
+    public func start(
+        bundle: BundleDirectory, server: String, job: String, lifetime: Duration, prepared: Cloner.Made? = nil,
+        onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void = { _, _ in }
+    ) async throws -> RunningVM {
         let accelerator: Accelerator
         do {
             accelerator = try options.accelerator.resolve(kvm: kvm)
@@ -89,13 +117,25 @@ public struct VMLauncher: Sendable {
             let machine = VirtualMachine(
                 bundle: bundle, clone: made.clone, cloneStrategy: made.strategy, accelerator: accelerator,
                 qemu: launched.booted.qemu, ssh: launched.booted.endpoint, timings: timings)
-            let result = try await body(machine)
-            await tearDown(booted, clone: made.clone, graceful: true, onPhase: onPhase)
-            return result
+            return RunningVM(machine: machine, made: made, booted: launched.booted, launcher: self)
         } catch {
             await tearDown(booted, clone: made.clone, graceful: false, onPhase: onPhase)
             throw error
         }
+    }
+
+    /// Takes over a VM that was started ahead of a job (the warm pool) for that job: its clone's
+    /// record names the job from now on, and its timings count nothing for clone, grace, lock
+    /// and boot (they happened before the job).
+    public func adopt(_ running: RunningVM, server: String, job: String, lifetime: Duration) throws -> RunningVM {
+        let made = try cloner.adopt(running.made, server: server, job: job, lifetime: lifetime)
+        var timings = VMTimings()
+        timings.lockAttempts = 1
+        let old = running.machine
+        let machine = VirtualMachine(
+            bundle: old.bundle, clone: old.clone, cloneStrategy: old.cloneStrategy, accelerator: old.accelerator, qemu: old.qemu,
+            ssh: old.ssh, timings: timings)
+        return RunningVM(machine: machine, made: made, booted: running.booted, launcher: self)
     }
 
     /// A started QEMU and what belongs to it.
@@ -235,7 +275,7 @@ public struct VMLauncher: Sendable {
 
     /// Stops QEMU (in order when `graceful`), releases the lock and deletes the clone. Runs in
     /// its own task so that a cancelled job still cleans up completely.
-    private func tearDown(
+    func tearDown(
         _ booted: Booted?, clone: CloneDirectory, graceful: Bool, onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void
     ) async {
         let cloner = self.cloner
@@ -279,5 +319,32 @@ public enum GuestProbe {
             }
             return received.starts(with: Array("SSH-".utf8))
         }
+    }
+}
+
+/// A booted VM and everything that belongs to it (its QEMU, its auxiliary-storage lock, its
+/// clone). Whoever holds it must `stop` it exactly once; `VMLauncher.run` does.
+public final class RunningVM: Sendable {
+    public let machine: VirtualMachine
+    let made: Cloner.Made
+    let booted: VMLauncher.Booted
+    let launcher: VMLauncher
+
+    init(machine: VirtualMachine, made: Cloner.Made, booted: VMLauncher.Booted, launcher: VMLauncher) {
+        self.machine = machine
+        self.made = made
+        self.booted = booted
+        self.launcher = launcher
+    }
+
+    /// When the clone was made (for recycling by age).
+    public var createdAt: Date { made.record.createdAt }
+
+    /// Whether QEMU is still running (a warm VM whose QEMU died is not used).
+    public var isAlive: Bool { !booted.qemu.hasExited }
+
+    /// Stops QEMU (in order when `graceful`), releases the lock and deletes the clone.
+    public func stop(graceful: Bool, onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void = { _, _ in }) async {
+        await launcher.tearDown(booted, clone: made.clone, graceful: graceful, onPhase: onPhase)
     }
 }
