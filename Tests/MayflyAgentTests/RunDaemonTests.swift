@@ -375,6 +375,48 @@ struct RunDaemonTests {
         }
     }
 
+    @Test("shutdown_timeout and a second SIGINT stop running jobs: reported failed with a line in their log, nothing left")
+    func forcedShutdown() async throws {
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                let server = try await FakeGitLab()
+                try await server.scenario(["trace_update_interval": 1])
+                let config = try writeConfig(directory, server: server)
+                let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(
+                    of: "shutdown_timeout: 1m", with: "shutdown_timeout: 3s")
+                try text.write(toFile: config, atomically: true, encoding: .utf8)
+                for (index, signals) in [[SIGTERM], [SIGINT, SIGINT]].enumerated() {
+                    let run = try MayflyProcess(
+                        ["run", "--config", config], in: directory.appendingPathComponent("run\(index)").creatingDirectory())
+                    defer { if run.process.isRunning { kill(run.process.processIdentifier, SIGKILL) } }
+                    let (id, _) = try await server.enqueue([
+                        "script": ["echo long job", "sleep 300"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+                    ])
+                    _ = try await waitForTrace(server, id, containing: "long job")
+                    let clock = ContinuousClock()
+                    let signalled = clock.now
+                    for signal in signals {
+                        kill(run.process.processIdentifier, signal)
+                        try await Task.sleep(for: .milliseconds(300))
+                    }
+                    let (status, _) = await run.waitSamplingMemory()
+                    let took = clock.now - signalled
+                    #expect(status == 0, "\(run.errors.suffix(1500))")
+                    #expect(took < (signals.count == 1 ? .seconds(12) : .seconds(6)), "stopped in \(took)")
+                    let view = try await server.job(id)
+                    #expect(view["state"] as? String == "failed")
+                    #expect(view["failure_reason"] as? String == "runner_system_failure")
+                    #expect((view["trace"] as? String)?.contains("the runner is shutting down") == true)
+                    await expectNothingLeft(directory.appendingPathComponent("work"))
+                    print(
+                        "measured: \(signals.count == 1 ? "SIGTERM with shutdown_timeout 3s" : "SIGINT twice") to exit with a running job: \(took)"
+                    )
+                }
+                server.stop()
+            }
+        }
+    }
+
     func waitForTrace(_ server: FakeGitLab, _ id: Int, containing text: String) async throws -> String {
         let clock = ContinuousClock()
         let deadline = clock.now + .seconds(120)

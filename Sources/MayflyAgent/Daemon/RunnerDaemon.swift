@@ -232,7 +232,10 @@ public final class RunnerDaemon: Sendable {
             } else {
                 var outcome = report.outcome
                 if outcome == .cancelled && reasons.shutDown { outcome = .systemFailure("the runner was shut down") }
+                let clock = ContinuousClock()
+                let uploadStart = clock.now
                 await session.finish(outcome)
+                AgentMetrics.phase("upload", clock.now - uploadStart)
             }
             jobLogger.info("job finished: \(report.outcome)")
             Self.record(report)
