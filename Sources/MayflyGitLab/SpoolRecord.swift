@@ -44,33 +44,13 @@ public struct SpoolRecord: Codable, Sendable, Equatable {
         }
     }
 
-    static let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return encoder
-    }()
-
-    static let decoder: JSONDecoder = {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return decoder
-    }()
-
     public static func read(_ path: String) -> SpoolRecord? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        return try? decoder.decode(SpoolRecord.self, from: data)
+        StateFile.read(SpoolRecord.self, from: path)
     }
 
+    /// Best effort: a record that cannot be written leaves the previous one (the log is intact).
     public func write(_ path: String) {
-        guard let data = try? Self.encoder.encode(self) else { return }
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return }
-        _ = data.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
-        close(fd)
-        rename(temporary, path)
+        try? StateFile.write(self, to: path)
     }
 }
 

@@ -425,6 +425,7 @@ struct RunDaemonTests {
             if trace.contains(text) { return trace }
             try await Task.sleep(for: .milliseconds(200))
         }
-        throw FakeGitLab.Failure(description: "job \(id)'s trace never showed '\(text)'")
+        throw FakeGitLab.Failure(
+            description: "job \(id)'s trace never showed '\(text)': \(try await server.job(id)["state"] ?? "?")")
     }
 }

@@ -60,15 +60,19 @@ public final class RunnerDaemon: Sendable {
     /// for new requests and new jobs; running jobs go on untouched. Open job requests are
     /// abandoned and asked again with the new settings.
     public func reconfigure(_ configuration: Configuration, sources: [any JobSource]) {
+        slots.resize(to: configuration.concurrency)
+        // The new pollers replace the old ones in one step, so that `run` never sees a moment
+        // without pollers while the agent is still taking jobs.
+        let fresh = sources.map { source in Task { await self.poll(source) } }
         let (old, accepting) = state.withLock { state -> ([Task<Void, Never>], Bool) in
             let old = state.pollers
             state.configuration = configuration
             state.sources = sources
-            state.pollers = []
+            state.pollers = state.accepting ? fresh : []
             return (old, state.accepting)
         }
         for poller in old { poller.cancel() }
-        slots.resize(to: configuration.concurrency)
+        if !accepting { for poller in fresh { poller.cancel() } }
         if let warmPool {
             Task {
                 await warmPool.resize(
@@ -76,8 +80,6 @@ public final class RunnerDaemon: Sendable {
             }
         }
         guard accepting else { return }
-        let pollers = sources.map { source in Task { await self.poll(source) } }
-        state.withLock { $0.pollers = pollers }
         logger.info("configuration reloaded: \(sources.count) server(s), concurrency \(configuration.concurrency)")
     }
 
@@ -135,7 +137,8 @@ public final class RunnerDaemon: Sendable {
             let current = state.withLock { $0.pollers }
             for poller in current { await poller.value }
             let (after, accepting) = state.withLock { ($0.pollers, $0.accepting) }
-            if !accepting || after.isEmpty { break }
+            if !accepting { break }
+            if after == current { try? await Task.sleep(for: .milliseconds(100)) }  // no server configured
         }
         // Wait for running jobs (stopAcceptingJobs and cancelRunningJobs decide how long).
         while true {

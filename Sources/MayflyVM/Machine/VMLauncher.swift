@@ -231,7 +231,11 @@ public struct VMLauncher: Sendable {
                     try record.write(to: clone.ownerPath)
                 }
                 let knownHosts = try knownHostsLine(port: port, hostKeyFile: hostKey)
-                try AtomicFile.write(Data(knownHosts.utf8), to: clone.knownHostsPath, mode: 0o600)
+                do {
+                    try AtomicFile.write(Data(knownHosts.utf8), to: clone.knownHostsPath, mode: 0o600)
+                } catch {
+                    throw VMError.io(operation: "write", path: clone.knownHostsPath, errno: error.errno)
+                }
                 let endpoint = SSHEndpoint(
                     host: "127.0.0.1", port: port, user: manifest.guest.user, privateKey: clientKey,
                     knownHosts: clone.knownHostsPath)
