@@ -12,7 +12,8 @@ let package = Package(
     name: "mayfly",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "mayfly", targets: ["mayfly"])
+        .executable(name: "mayfly", targets: ["mayfly"]),
+        .executable(name: "mayfly-bench", targets: ["mayfly-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -118,6 +119,15 @@ let package = Package(
             dependencies: ["MayflyCore", "MayflyHTTP", .product(name: "Logging", package: "swift-log")],
             path: "Tests/MayflyTestSupport",
             resources: [.copy("Resources")],
+            swiftSettings: strictSettings
+        ),
+        // Benchmarks against baselines measured in the same run (docs/performance.md).
+        .executableTarget(
+            name: "mayfly-bench",
+            dependencies: [
+                "MayflyCore", "MayflyVM", "MayflyGuest", "MayflyHTTP",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(
