@@ -139,7 +139,9 @@ public final class GitLabClient: Sendable {
         case job(JobPayload, raw: [UInt8])
         /// A 201 whose body is not a usable job; `identity` when its id and token could be read.
         case malformed(identity: (id: Int, token: String)?, problem: String)
-        case noJob
+        /// 204. `heldByServer`: Workhorse held the request (long polling) and let it go because the
+        /// queue changed or its wait ended — asking again at once costs the server nothing.
+        case noJob(heldByServer: Bool)
         case conflict
         case forbidden
         case unavailable
@@ -175,7 +177,13 @@ public final class GitLabClient: Sendable {
                 return .malformed(
                     identity: JobPayload.identify(response.body), problem: "the job payload does not decode: \(error)")
             }
-        case 204: return .noJob
+        case 204:
+            // Workhorse's own 204 carries `Gitlab-Ci-Builds-Polling: yes` and no X-GitLab-Last-Update;
+            // Rails' 204 always has X-GitLab-Last-Update.
+            let held =
+                response.headers["Gitlab-Ci-Builds-Polling"]?.lowercased() == "yes"
+                && (response.headers["X-GitLab-Last-Update"] ?? "").isEmpty
+            return .noJob(heldByServer: held)
         case 403: return .forbidden
         case 409: return .conflict
         case 503: return .unavailable

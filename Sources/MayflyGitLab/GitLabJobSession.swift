@@ -138,14 +138,27 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         func resetInterval() { interval = GitLabJobSession.defaultInterval }
     }
 
+    /// Starts the upload loop. It sends at most one request per update interval (GitLab's
+    /// requested rate), but checks every 100 ms, so that output arriving after a quiet interval —
+    /// the job's first lines among them — goes out at once instead of up to an interval later.
     public func start() async {
         let task = Task { [self] in
+            let clock = ContinuousClock()
+            var lastSend: ContinuousClock.Instant?
             while !Task.isCancelled {
-                let interval = await shipper.interval
-                try? await Task.sleep(for: interval)
                 let aborted = await shipper.aborted
-                if Task.isCancelled || aborted { return }
-                await shipIncrement()
+                if aborted { return }
+                let interval = await shipper.interval
+                let due = lastSend.map { clock.now - $0 >= interval } ?? true
+                let size = await buffer.size
+                let pending = size > (await shipper.sent)
+                // The first request waits for the first bytes; later ones go out once per interval,
+                // with new bytes or as the empty patch that asks whether the job was cancelled.
+                if due && (pending || lastSend != nil) {
+                    lastSend = clock.now
+                    await shipIncrement()
+                }
+                try? await Task.sleep(for: .milliseconds(100))
             }
         }
         lock.withLock { loop = task }

@@ -137,9 +137,11 @@ public final class GitLabJobSource: JobSource, @unchecked Sendable {
             logger.error("GitLab handed out a job Mayfly cannot read: \(problem)")
             if let identity { await failUnusable(id: identity.id, token: Secret(identity.token), problem: problem) }
             return .none(wait: .zero)
-        case .noJob:
+        case .noJob(let held):
             recordAnswer(forbidden: false)
-            return .none(wait: settings.pollInterval)
+            // After a long poll the server did the waiting: ask again at once (a little pause
+            // guards against a server that answers at once forever).
+            return .none(wait: held ? .milliseconds(100) : settings.pollInterval)
         case .forbidden:
             let count = recordAnswer(forbidden: true)
             if count >= Self.unhealthyLimit {

@@ -85,7 +85,8 @@ final class Child: @unchecked Sendable {
 
     /// User plus system CPU time of the process so far, in seconds.
     func cpuSeconds() -> Double {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")")
+        else {
             return 0
         }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
@@ -95,7 +96,9 @@ final class Child: @unchecked Sendable {
 }
 
 /// Polls `condition` every `interval` until it holds or `timeout` passes.
-func waitFor(timeout: Duration = .seconds(300), interval: Duration = .milliseconds(20), _ condition: () async -> Bool) async -> Bool {
+func waitFor(timeout: Duration = .seconds(300), interval: Duration = .milliseconds(20), _ condition: () async -> Bool) async
+    -> Bool
+{
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {

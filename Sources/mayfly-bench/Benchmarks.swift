@@ -35,18 +35,20 @@ func benchClone(_ context: BenchContext) async throws {
         let bundlePath = directory.appendingPathComponent("golden-\(gib)")
         try FileManager.default.createDirectory(at: bundlePath, withIntermediateDirectories: true)
         let disk = bundlePath.appendingPathComponent("disk.raw").path
-        try await shell("truncate -s \(gib)G \(disk) && for i in $(seq 0 7); do dd if=/dev/urandom of=\(disk) bs=1M count=\(gib * 32) seek=$((i * \(gib) * 128)) conv=notrunc status=none; done")
+        try await shell(
+            "truncate -s \(gib)G \(disk) && for i in $(seq 0 7); do dd if=/dev/urandom of=\(disk) bs=1M count=\(gib * 32) seek=$((i * \(gib) * 128)) conv=notrunc status=none; done"
+        )
         for file in ["vmlinux", "ssh/id_ed25519"] {
             let path = bundlePath.appendingPathComponent(file)
             try FileManager.default.createDirectory(at: path.deletingLastPathComponent(), withIntermediateDirectories: true)
             FileManager.default.createFile(atPath: path.path, contents: Data("x".utf8))
         }
         try """
-            format: 1
-            boot: { mode: kernel, kernel: vmlinux }
-            disk: { file: disk.raw, format: raw }
-            guest: { ssh_key: ssh/id_ed25519, keys: none }
-            """.write(to: bundlePath.appendingPathComponent("bundle.yaml"), atomically: true, encoding: .utf8)
+        format: 1
+        boot: { mode: kernel, kernel: vmlinux }
+        disk: { file: disk.raw, format: raw }
+        guest: { ssh_key: ssh/id_ed25519, keys: none }
+        """.write(to: bundlePath.appendingPathComponent("bundle.yaml"), atomically: true, encoding: .utf8)
         let bundle = try BundleDirectory(path: bundlePath.path)
         // Caches are dropped before every run (root only), so that each copy reads from the disk.
         let dropCaches = "sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true"
@@ -61,13 +63,15 @@ func benchClone(_ context: BenchContext) async throws {
         let cp = Sample(values: cpValues)
         var results: [CloneStrategyChoice: Sample] = [:]
         for strategy in [CloneStrategyChoice.overlay, .copy] {
-            let cloner = Cloner(workDirectory: directory.appendingPathComponent("work").path, strategy: strategy,
-                                runtimeBase: directory.appendingPathComponent("run").path, logger: context.logger)
+            let cloner = Cloner(
+                workDirectory: directory.appendingPathComponent("work").path, strategy: strategy,
+                runtimeBase: directory.appendingPathComponent("run").path, logger: context.logger)
             var values: [Double] = []
             for index in 0..<context.repeats {
                 // A copy reads the data: from the disk, like cp. An overlay reads none of it.
                 if strategy == .copy { try await shell(dropCaches) }
-                let made = try await cloner.makeClone(bundle: bundle, server: "bench", job: "\(strategy)-\(gib)-\(index)", lifetime: .seconds(60))
+                let made = try await cloner.makeClone(
+                    bundle: bundle, server: "bench", job: "\(strategy)-\(gib)-\(index)", lifetime: .seconds(60))
                 values.append(seconds(made.duration))
                 cloner.remove(made.clone)
             }
@@ -75,8 +79,11 @@ func benchClone(_ context: BenchContext) async throws {
         }
         let overlay = results[.overlay]!
         let copy = results[.copy]!
-        print(String(format: "| %d GiB | %.3f s | %.4f s | 1/%.0f | %.3f s | %.2f× |", gib, cp.median, overlay.median, cp.median / overlay.median,
-                     copy.median, copy.median / cp.median))
+        print(
+            String(
+                format: "| %d GiB | %.3f s | %.4f s | 1/%.0f | %.3f s | %.2f× |", gib, cp.median, overlay.median,
+                cp.median / overlay.median,
+                copy.median, copy.median / cp.median))
         try? FileManager.default.removeItem(at: bundlePath)
     }
     _ = tiny
@@ -91,7 +98,8 @@ func benchOverhead(_ context: BenchContext) async throws {
     try? FileManager.default.removeItem(at: directory)
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     let config = directory.appendingPathComponent("mayfly.yaml")
-    try "work_dir: \(directory.path)/work\nvm: { accelerator: tcg, grace_period: 0 }\n".write(to: config, atomically: true, encoding: .utf8)
+    try "work_dir: \(directory.path)/work\nvm: { accelerator: tcg, grace_period: 0 }\n".write(
+        to: config, atomically: true, encoding: .utf8)
     let job = directory.appendingPathComponent("true.yml")
     try "script: [ 'true' ]\n".write(to: job, atomically: true, encoding: .utf8)
     let bundle = try BundleDirectory(path: context.bundle)
@@ -113,7 +121,8 @@ func benchOverhead(_ context: BenchContext) async throws {
     try script.write(to: directory.appendingPathComponent("by-hand.sh"), atomically: true, encoding: .utf8)
     var timings: [String] = []
     let mayfly = try await repeatTimed(context.repeats) {
-        let output = try await shell("\(context.mayfly) exec --config \(config.path) \(job.path) --bundle \(context.bundle) 2>/dev/null")
+        let output = try await shell(
+            "\(context.mayfly) exec --config \(config.path) \(job.path) --bundle \(context.bundle) 2>/dev/null")
         if let line = output.split(separator: "\n").last(where: { $0.hasPrefix("Timings:") }) { timings.append(String(line)) }
     }
     let byHand = try await repeatTimed(context.repeats) { try await shell("bash \(directory.path)/by-hand.sh") }

@@ -17,7 +17,9 @@ let context = BenchContext(
     mayfly: option("--mayfly") ?? executable, bundle: option("--bundle") ?? root.appendingPathComponent(".images/tiny").path,
     repeats: Int(option("--repeat") ?? "") ?? (quick ? 2 : 3))
 
-print("# mayfly-bench \(MayflyVersion.current): \(ProcessInfo.processInfo.processorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB, TCG")
+print(
+    "# mayfly-bench \(MayflyVersion.current): \(ProcessInfo.processInfo.processorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB, TCG"
+)
 print("mayfly: \(context.mayfly); bundle: \(context.bundle); repeats: \(context.repeats)\n")
 do {
     try FileManager.default.createDirectory(at: context.work, withIntermediateDirectories: true)
