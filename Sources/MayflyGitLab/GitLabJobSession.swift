@@ -164,26 +164,32 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         lock.withLock { loop = task }
     }
 
-    /// Sends what is new (one PATCH of at most 1 MiB). When there is nothing new it sends an
+    /// Sends what is new (PATCHes of at most 1 MiB). When there is nothing new it sends an
     /// empty PATCH at the current offset (GitLab's "force patch": 202, nothing changes), so that a
     /// silent job still hears of cancellation within one update interval — gitlab-runner waits
     /// 30 s for its touch. After 30 s without a successful send it also touches the job with
     /// `PUT state=running` and the log's checksum and size, as gitlab-runner does.
     private func shipIncrement() async {
         let sent = await shipper.sent
-        let bytes = await buffer.read(from: sent, limit: Self.patchLimit)
         let lastSuccess = await shipper.lastSuccess
-        if bytes.isEmpty && ContinuousClock.now - lastSuccess > Self.forceSendInterval {
-            let size = await buffer.size
+        let size = await buffer.size
+        if size == sent && ContinuousClock.now - lastSuccess > Self.forceSendInterval {
             let response = await client.updateJob(
                 id: jobID, token: token, .init(state: "running", checksum: await buffer.checksum, bytesize: UInt64(size)))
             if case .succeeded = response.kind { await shipper.touched() }
             await react(to: response)
             return
         }
-        let response = await client.patchTrace(id: jobID, token: token, offset: sent, bytes: bytes)
-        await apply(response, sentFrom: sent, count: bytes.count)
-        await react(to: response)
+        // A backlog larger than one request goes out in several (1 MiB each), as gitlab-runner does.
+        var offset = sent
+        repeat {
+            let bytes = await buffer.read(from: offset, limit: Self.patchLimit)
+            let response = await client.patchTrace(id: jobID, token: token, offset: offset, bytes: bytes)
+            await apply(response, sentFrom: offset, count: bytes.count)
+            await react(to: response)
+            guard case .succeeded = response.kind else { return }
+            offset += bytes.count
+        } while offset < (await buffer.size) && !Task.isCancelled
     }
 
     private func apply(_ response: GitLabClient.JobResponse, sentFrom offset: Int, count: Int) async {
