@@ -36,6 +36,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
     static let patchLimit = 1 << 20
     static let defaultInterval: Duration = .seconds(3)
     static let forceSendInterval: Duration = .seconds(30)
+    static let idleProbeInterval: Duration = .seconds(10)
     static let finalUpdateAttempts = 10
 
     /// A job received now: its spool entry is created with the job's record.
@@ -149,11 +150,15 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
                 let aborted = await shipper.aborted
                 if aborted { return }
                 let interval = await shipper.interval
-                let due = lastSend.map { clock.now - $0 >= interval } ?? true
                 let size = await buffer.size
                 let pending = size > (await shipper.sent)
-                // The first request waits for the first bytes; later ones go out once per interval,
-                // with new bytes or as the empty patch that asks whether the job was cancelled.
+                // New bytes go out once per update interval. When there are none, the empty patch
+                // that asks whether the job was cancelled goes out at least every 10 s, even when
+                // GitLab's interval is 60 s: a cancel must take effect in seconds, and an empty
+                // patch costs the server next to nothing.
+                let wait = pending ? interval : min(interval, Self.idleProbeInterval)
+                let due = lastSend.map { clock.now - $0 >= wait } ?? true
+                // The first request waits for the first bytes.
                 if due && (pending || lastSend != nil) {
                     lastSend = clock.now
                     await shipIncrement()

@@ -227,6 +227,26 @@ struct HTTPClientTests {
     }
 }
 
+@Suite("Proxy")
+struct ProxyTests {
+    @Test("requests go through the configured HTTP proxy")
+    func throughProxy() async throws {
+        // The test server also answers proxy-form requests ("GET http://host/path"), which is all a
+        // forward proxy sees of a plain-HTTP request: it shows that the request went to it.
+        let proxy = try await TestHTTPServer(.plain)
+        let client = HTTPClient(configuration: .init(proxy: proxy.baseURL), logger: testLogger)
+        let response = try await client.execute(HTTPRequest(url: "http://ci.example.invalid/echo?via=proxy"))
+        #expect(response.status == 200)
+        let echo = try JSONDecoder().decode(Echo.self, from: Data(response.body))
+        #expect(echo.path == "http://ci.example.invalid/echo?via=proxy", "the proxy saw the absolute URL")
+        #expect(echo.header("Host") == "ci.example.invalid")
+        let direct = HTTPClient(logger: testLogger)
+        await #expect(throws: HTTPError.self, "without the proxy the name does not resolve") {
+            try await direct.execute(HTTPRequest(url: "http://ci.example.invalid/echo", connectTimeout: .seconds(5)))
+        }
+    }
+}
+
 @Suite("TLS verification")
 struct TLSVerificationTests {
     @Test("a server certificate the CA did not sign is refused, unless verification is explicitly off")

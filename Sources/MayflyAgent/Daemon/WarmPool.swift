@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MayflyCore
+import MayflyGuest
 import MayflyVM
 
 /// VMs of the configured bundle prepared ahead of jobs (`warm_pool`): clones whose grace period
@@ -121,7 +122,15 @@ public actor WarmPool {
         do {
             let entry: Ready
             if boot {
-                entry = .booted(try await launcher.start(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime))
+                let running = try await launcher.start(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime)
+                // Logged in once, so that a job on it skips the connect phase.
+                do {
+                    _ = try await GuestConnection.waitUntilReady(running.machine.ssh, timeout: .seconds(120))
+                } catch {
+                    await running.stop(graceful: false)
+                    throw error
+                }
+                entry = .booted(running)
             } else {
                 entry = .clone(
                     try await launcher.cloner.makeClone(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime))

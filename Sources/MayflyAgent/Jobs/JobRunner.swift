@@ -147,8 +147,10 @@ public struct JobRunner: Sendable {
             if let duration { recorder.finish(JobPhase(phase), duration) } else { recorder.start(JobPhase(phase)) }
         }
         let running: RunningVM
+        var prebooted = false
         switch await warmPool?.take(for: bundle) {
         case .booted(let warm)?:
+            prebooted = true
             await log.line("Using a VM from the warm pool (already booted)")
             for phase in [VMPhase.clone, .grace, .lock, .boot] {
                 onPhase(phase, nil)
@@ -162,7 +164,9 @@ public struct JobRunner: Sendable {
         case nil:
             running = try await launcher.start(bundle: bundle, server: server, job: job.id, lifetime: lifetime, onPhase: onPhase)
         }
+        let connected = prebooted  // a booted warm guest was logged in to when it was made
         return try await launcher.run(running, onPhase: onPhase) { vm in
+            let prebooted = connected
             await log.line(
                 "Using bundle \(vm.bundle.manifest.name), cloned by \(vm.cloneStrategy.rawValue), accelerator \(vm.accelerator.rawValue), mayfly \(MayflyVersion.current)"
             )
@@ -171,7 +175,7 @@ public struct JobRunner: Sendable {
                 await log.line("The auxiliary-storage lock was busy: took it on attempt \(vm.timings.lockAttempts)")
             }
             recorder.start(.connect)
-            _ = try await GuestConnection.waitUntilReady(vm.ssh, timeout: vmOptions.bootTimeout)
+            if !prebooted { _ = try await GuestConnection.waitUntilReady(vm.ssh, timeout: vmOptions.bootTimeout) }
             recorder.finish(.connect)
 
             let runner = ScriptRunner(endpoint: vm.ssh, logger: logger)
