@@ -101,7 +101,7 @@ struct JobEndToEndTests {
         try await withGuestSlot {
             try await withTemporaryDirectory { directory in
                 let runner = JobRunner(
-                    configuration: jobConfiguration(directory), logger: Logger(label: "test"),
+                    configuration: jobConfiguration(directory), logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
                     runtimeBase: directory.appendingPathComponent("run").path)
                 var job = Job(
                     id: "ok-1", script: ["echo secret is $TOKEN", "echo done"], afterScript: ["echo after $TOKEN"],
@@ -134,7 +134,7 @@ struct JobEndToEndTests {
         try await withGuestSlot {
             try await withTemporaryDirectory { directory in
                 let runner = JobRunner(
-                    configuration: jobConfiguration(directory), logger: Logger(label: "test"),
+                    configuration: jobConfiguration(directory), logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
                     runtimeBase: directory.appendingPathComponent("run").path)
                 var job = Job(
                     id: "fail-1", script: ["echo before", "exit 7", "echo never"], afterScript: ["echo after ran; exit 9"])
@@ -158,7 +158,8 @@ struct JobEndToEndTests {
         try await withGuestSlot {
             try await withTemporaryDirectory { directory in
                 let runner = JobRunner(
-                    configuration: jobConfiguration(directory, timeout: .seconds(60)), logger: Logger(label: "test"),
+                    configuration: jobConfiguration(directory, timeout: .seconds(60)),
+                    logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
                     runtimeBase: directory.appendingPathComponent("run").path)
                 var job = Job(id: "slow-1", script: ["echo started", "sleep 300"], timeout: .seconds(15))
                 job.bundle = try TestBundle.tinyPath()
@@ -180,7 +181,7 @@ struct JobEndToEndTests {
         try await withGuestSlot {
             try await withTemporaryDirectory { directory in
                 let runner = JobRunner(
-                    configuration: jobConfiguration(directory), logger: Logger(label: "test"),
+                    configuration: jobConfiguration(directory), logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
                     runtimeBase: directory.appendingPathComponent("run").path)
                 var job = Job(id: "cancel-1", script: ["echo running", "sleep 300"])
                 job.bundle = try TestBundle.tinyPath()

@@ -37,7 +37,7 @@ func sha256Hex(_ bytes: [UInt8]) throws -> String {
     return String(output.prefix(64))
 }
 
-let testLogger = Logger(label: "test")
+let testLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
 /// One HTTPS server with a CA-signed certificate shared by the tests of this suite.
 @Suite("HTTP client over real TLS")
