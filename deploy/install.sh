@@ -28,13 +28,14 @@ id mayfly >/dev/null 2>&1 || useradd --system --home-dir /var/lib/mayfly --shell
 install -d -m 0750 -o root -g mayfly /etc/mayfly
 install -d -m 0750 -o mayfly -g mayfly /var/lib/mayfly /var/lib/mayfly/bundles
 if [ ! -e /etc/mayfly/mayfly.yaml ]; then
-  sed -e 's|^  bundle: debian-12 .*|  bundle: debian-12               # a bundle under /var/lib/mayfly/bundles|' \
+  sed -e 's|^name: builder-01 |# name: builder-01 |' \
+      -e 's|^  bundle: debian-12 .*|  bundle: debian-12               # a bundle under /var/lib/mayfly/bundles|' \
       -e '/^servers:/,/^metrics:/{/^metrics:/!d}' config/mayfly.example.yaml > /etc/mayfly/mayfly.yaml
   chown root:mayfly /etc/mayfly/mayfly.yaml
   chmod 0640 /etc/mayfly/mayfly.yaml
 fi
 install -m 0644 deploy/systemd/mayfly.service /etc/systemd/system/mayfly.service
-command -v systemctl >/dev/null && systemctl daemon-reload || true
+if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 cat <<NEXT
 Mayfly is installed. Next:
