@@ -346,13 +346,10 @@ struct RunDaemonTests {
                     .replacingOccurrences(
                         of: "warm_pool: { size: 1, max_age: 8s }", with: "warm_pool: { size: 1, max_age: 5m, boot: true }")
                 try booted.write(toFile: config, atomically: true, encoding: .utf8)
-                let upBefore = run.errors.components(separatedBy: "guest is up").count
                 kill(run.process.processIdentifier, SIGHUP)
                 #expect(
-                    await eventually(timeout: .seconds(60)) {
-                        run.errors.components(separatedBy: "guest is up").count > upBefore
-                    },
-                    "a warm guest boots")
+                    await eventually(timeout: .seconds(90)) { run.errors.contains("a booted warm VM is ready") },
+                    "a warm guest boots and is logged in to")
                 let clock = ContinuousClock()
                 let queued = clock.now
                 let (hot, _) = try await server.enqueue([

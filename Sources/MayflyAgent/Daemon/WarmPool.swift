@@ -139,6 +139,7 @@ public actor WarmPool {
                 await discard([entry])
             } else {
                 ready.append(entry)
+                if case .booted = entry { logger.info("a booted warm VM is ready") } else { logger.info("a warm clone is ready") }
             }
         } catch {
             logger.warning("could not prepare a warm VM: \(error)")

@@ -48,7 +48,8 @@ public func retryingLocks<Value: Sendable>(
             }
             return (value, LockStatistics(attempts: number, waited: waited))
         case .busy(let file, let symptom):
-            let holders = LockInspector.holders(of: file)
+            // Scanning /proc blocks: off the cooperative pool.
+            let holders = await BlockingWork.run { LockInspector.holders(of: file) }
             if number == policy.attempts {
                 throw VMError.lockUnavailable(
                     LockFailure(file: file, holders: holders, attempts: number, waited: waited, lastSymptom: symptom))
