@@ -147,16 +147,15 @@ public struct JobRunner: Sendable {
             if let duration { recorder.finish(JobPhase(phase), duration) } else { recorder.start(JobPhase(phase)) }
         }
         let running: RunningVM
-        var prebooted = false
-        switch await warmPool?.take(for: bundle) {
-        case .booted(let warm)?:
-            prebooted = true
+        let warm = await warmPool?.take(for: bundle)
+        switch warm {
+        case .booted(let vm)?:
             await log.line("Using a VM from the warm pool (already booted)")
             for phase in [VMPhase.clone, .grace, .lock, .boot] {
                 onPhase(phase, nil)
                 onPhase(phase, .zero)
             }
-            running = try launcher.adopt(warm, server: server, job: job.id, lifetime: lifetime)
+            running = try await launcher.adopt(vm, server: server, job: job.id, lifetime: lifetime)
         case .clone(let made)?:
             await log.line("Using a clone from the warm pool")
             running = try await launcher.start(
@@ -164,9 +163,10 @@ public struct JobRunner: Sendable {
         case nil:
             running = try await launcher.start(bundle: bundle, server: server, job: job.id, lifetime: lifetime, onPhase: onPhase)
         }
-        let connected = prebooted  // a booted warm guest was logged in to when it was made
+        // A booted warm guest was logged in to when the pool made it: no connect phase.
+        let prebooted: Bool
+        if case .booted? = warm { prebooted = true } else { prebooted = false }
         return try await launcher.run(running, onPhase: onPhase) { vm in
-            let prebooted = connected
             await log.line(
                 "Using bundle \(vm.bundle.manifest.name), cloned by \(vm.cloneStrategy.rawValue), accelerator \(vm.accelerator.rawValue), mayfly \(MayflyVersion.current)"
             )

@@ -75,7 +75,12 @@ public struct VMLauncher: Sendable {
         onPhase(.clone, nil)
         let made: Cloner.Made
         if let prepared {
-            made = try cloner.adopt(prepared, server: server, job: job, lifetime: lifetime)
+            do {
+                made = try cloner.adopt(prepared, server: server, job: job, lifetime: lifetime)
+            } catch {
+                cloner.remove(prepared.clone)
+                throw error
+            }
             onPhase(.clone, .zero)
         } else {
             made = try await cloner.makeClone(bundle: bundle, server: server, job: job, lifetime: lifetime)
@@ -127,8 +132,15 @@ public struct VMLauncher: Sendable {
     /// Takes over a VM that was started ahead of a job (the warm pool) for that job: its clone's
     /// record names the job from now on, and its timings count nothing for clone, grace, lock
     /// and boot (they happened before the job).
-    public func adopt(_ running: RunningVM, server: String, job: String, lifetime: Duration) throws -> RunningVM {
-        let made = try cloner.adopt(running.made, server: server, job: job, lifetime: lifetime)
+    /// If the clone cannot be taken over, the VM is stopped and removed before the error.
+    public func adopt(_ running: RunningVM, server: String, job: String, lifetime: Duration) async throws -> RunningVM {
+        let made: Cloner.Made
+        do {
+            made = try cloner.adopt(running.made, server: server, job: job, lifetime: lifetime)
+        } catch {
+            await running.stop(graceful: false)
+            throw error
+        }
         var timings = VMTimings()
         timings.lockAttempts = 1
         let old = running.machine
