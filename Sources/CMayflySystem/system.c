@@ -5,7 +5,6 @@
 #include <linux/fs.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -40,13 +39,6 @@ int mayfly_ofd_getlk(int fd, short type, off_t start, off_t length, short *confl
     return result;
 }
 
-int mayfly_set_pdeathsig(int signal) {
-    return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0);
-}
-
-int mayfly_set_child_subreaper(void) {
-    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-}
 
 int mayfly_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);

@@ -71,8 +71,6 @@ public actor TraceBuffer {
 
     public var checksum: String { crc.gitLabChecksum }
 
-    public func remove() { unlink(path) }
-
     /// Appends a line of Mayfly's own (after a crash), on a line of its own.
     public func appendLine(_ text: String) async {
         var bytes = Array((text + "\n").utf8)

@@ -1,5 +1,5 @@
 // Linux system calls that Swift cannot reach directly because their C entry points are
-// variadic (ioctl, fcntl, prctl). Each returns 0 or -1 with errno set, like the call it wraps.
+// variadic (ioctl, fcntl, syscall). Each returns 0 or -1 with errno set, like the call it wraps.
 #ifndef MAYFLY_SYSTEM_H
 #define MAYFLY_SYSTEM_H
 
@@ -16,12 +16,6 @@ int mayfly_ofd_setlk(int fd, short type, off_t start, off_t length);
 /// F_UNLCK when it could, otherwise the conflicting lock's type and range.
 int mayfly_ofd_getlk(int fd, short type, off_t start, off_t length, short *conflict_type,
                      off_t *conflict_start, off_t *conflict_length);
-
-/// prctl(PR_SET_PDEATHSIG, signal) for the calling thread's future children's sake.
-int mayfly_set_pdeathsig(int signal);
-
-/// prctl(PR_SET_CHILD_SUBREAPER, 1).
-int mayfly_set_child_subreaper(void);
 
 /// pidfd_open(2): a descriptor that names one process for good, even after its pid is reused.
 int mayfly_pidfd_open(pid_t pid);

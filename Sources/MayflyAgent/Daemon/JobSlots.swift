@@ -34,8 +34,6 @@ final class JobSlots: Sendable {
         for waiter in woken { waiter.resume(returning: true) }
     }
 
-    var free: Int { state.withLock { $0.available } }
-
     /// Waits for a slot; throws `CancellationError` if the task is cancelled while waiting.
     func acquire() async throws {
         let id = state.withLock { state -> Int in

@@ -26,7 +26,6 @@ public final class RunnerDaemon: Sendable {
         var pollers: [Task<Void, Never>] = []
         var jobs: [Int: RunningJob] = [:]
         var nextJob = 0
-        var finished = 0
     }
 
     private let state: Mutex<State>
@@ -91,10 +90,7 @@ public final class RunnerDaemon: Sendable {
         return (healthy, "{\"polling\": \(accepting), \"running_jobs\": \(running), \"servers\": {\(servers)}}\n")
     }
 
-    /// Jobs finished since start (for tests and `/metrics` later).
-    public var finishedJobs: Int { state.withLock { $0.finished } }
     public var runningJobs: Int { state.withLock { $0.jobs.count } }
-    public var isAccepting: Bool { state.withLock { $0.accepting } }
 
     /// How often clones of dead owners are reaped and undelivered spooled jobs retried.
     public static let maintenanceInterval: Duration = .seconds(60)
@@ -244,7 +240,6 @@ public final class RunnerDaemon: Sendable {
             Self.record(report)
             let running = state.withLock { state -> Int in
                 state.jobs[id] = nil
-                state.finished += 1
                 return state.jobs.count
             }
             AgentMetrics.runningVMs(running)

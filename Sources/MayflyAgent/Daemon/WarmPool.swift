@@ -43,8 +43,6 @@ public actor WarmPool {
         self.logger = logger
     }
 
-    public var readyCount: Int { ready.count }
-
     /// Starts keeping the pool full (and recycling old entries) until `stop()`.
     public func start() {
         guard refill == nil else { return }
