@@ -19,13 +19,7 @@ func jobConfiguration(_ directory: URL, timeout: Duration = .seconds(600)) -> Co
     return configuration
 }
 
-func anyQEMU(under directory: URL) -> Bool {
-    let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return processes.contains { name in
-        guard let pid = Int32(name), let line = ProcessIdentity.commandLine(of: pid) else { return false }
-        return line.contains("qemu-system") && line.contains(directory.path) && !ProcessIdentity.isZombie(pid)
-    }
-}
+func anyQEMU(under directory: URL) -> Bool { qemuRunning(matching: directory.path) }
 
 func expectNothingLeft(_ directory: URL, sourceLocation: SourceLocation = #_sourceLocation) async {
     let clones = (try? FileManager.default.contentsOfDirectory(atPath: directory.appendingPathComponent("clones").path)) ?? []
@@ -212,14 +206,4 @@ final class EventRecorder: @unchecked Sendable {
             if case .started(let phase) = event { lock.withLock { names.append(phase.rawValue) } }
         }
     }
-}
-
-func eventually(timeout: Duration, _ condition: () async -> Bool) async -> Bool {
-    let clock = ContinuousClock()
-    let deadline = clock.now + timeout
-    while clock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(100))
-    }
-    return await condition()
 }

@@ -9,8 +9,7 @@ public final class FakeGitLab: @unchecked Sendable {
     public static let registrationToken = "GR1348941-test-registration"
 
     public let url: String
-    private let process: Process
-    private let stdin: Pipe
+    private let server: PythonServer
     private let client: HTTPClient
 
     public struct Failure: Error, CustomStringConvertible {
@@ -20,29 +19,15 @@ public final class FakeGitLab: @unchecked Sendable {
 
     /// `tls`: serve HTTPS with the test PKI's server certificate; `clientCertificates`: demand one.
     public init(tls: Bool = false, clientCertificates: Bool = false, verbose: Bool = false) async throws {
-        let directory = try makeTemporaryDirectory(prefix: "mayfly-gitlab")
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let portFile = directory.appendingPathComponent("port").path
-        let script = Bundle.module.url(forResource: "Resources/fake_gitlab", withExtension: "py")!.path
-        var arguments = ["python3", script, "--port-file", portFile]
+        var arguments: [String] = []
         let pki = try TestPKI.shared()
         if tls {
             arguments += ["--cert", pki.serverCertificate, "--key", pki.serverKey]
             if clientCertificates { arguments += ["--client-ca", pki.caCertificate] }
         }
         if verbose { arguments.append("--verbose") }
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        stdin = Pipe()
-        process.standardInput = stdin
-        try process.run()
-        let started = await eventually(timeout: .seconds(20)) { FileManager.default.fileExists(atPath: portFile) }
-        guard started, let text = try? String(contentsOfFile: portFile, encoding: .utf8), let port = Int(text) else {
-            process.terminate()
-            throw Failure(description: "the fake GitLab server did not start")
-        }
-        url = "\(tls ? "https" : "http")://127.0.0.1:\(port)"
+        server = try await PythonServer(script: "fake_gitlab", arguments: arguments)
+        url = "\(tls ? "https" : "http")://127.0.0.1:\(server.port)"
         var tlsOptions = TLSOptions(caFile: pki.caCertificate)
         if clientCertificates {
             tlsOptions.certFile = pki.clientCertificate
@@ -53,8 +38,7 @@ public final class FakeGitLab: @unchecked Sendable {
 
     public func stop() {
         client.shutdown()
-        try? stdin.fileHandleForWriting.close()
-        if process.isRunning { process.terminate() }
+        server.stop()
     }
 
     deinit { stop() }

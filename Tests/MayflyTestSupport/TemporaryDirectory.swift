@@ -1,4 +1,5 @@
 import Foundation
+import MayflyCore
 
 /// A directory under the system's temporary directory that exists for the duration of `body`
 /// and is removed afterwards, whether `body` returned or threw.
@@ -22,13 +23,22 @@ public func makeTemporaryDirectory(prefix: String = "mayfly-test") throws -> URL
 
 /// Polls `condition` every `interval` until it holds or `timeout` passes; returns whether it held.
 public func eventually(
-    timeout: Duration = .seconds(10), interval: Duration = .milliseconds(50), _ condition: () throws -> Bool
+    timeout: Duration = .seconds(10), interval: Duration = .milliseconds(50), _ condition: () async throws -> Bool
 ) async rethrows -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {
-        if try condition() { return true }
+        if try await condition() { return true }
         try? await Task.sleep(for: interval)
     }
-    return try condition()
+    return try await condition()
+}
+
+/// Whether a live QEMU process's command line contains `text` (a clone key, a work directory).
+public func qemuRunning(matching text: String) -> Bool {
+    let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return processes.contains { name in
+        guard let pid = Int32(name), let line = ProcessIdentity.commandLine(of: pid) else { return false }
+        return line.contains("qemu-system") && line.contains(text) && !ProcessIdentity.isZombie(pid)
+    }
 }

@@ -19,22 +19,13 @@ func testOptions() -> VMOptions {
     return options
 }
 
-/// Whether any QEMU process's command line names `key` (the clone key is in `-name mayfly-KEY`).
-func qemuRunning(for key: String) -> Bool {
-    let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return processes.contains { name in
-        guard let pid = Int32(name), let line = ProcessIdentity.commandLine(of: pid) else { return false }
-        return line.contains("qemu-system") && line.contains("mayfly-\(key)") && !ProcessIdentity.isZombie(pid)
-    }
-}
-
 /// Asserts that nothing of the clone is left: no directory, no runtime directory, no QEMU.
 func expectCleanedUp(_ workDirectory: URL, runtime: URL, key: String, sourceLocation: SourceLocation = #_sourceLocation) async {
     let clones = (try? FileManager.default.contentsOfDirectory(atPath: workDirectory.appendingPathComponent("clones").path)) ?? []
     #expect(clones.isEmpty, "clones left: \(clones)", sourceLocation: sourceLocation)
     let sockets = (try? FileManager.default.contentsOfDirectory(atPath: runtime.path)) ?? []
     #expect(sockets.isEmpty, "runtime entries left: \(sockets)", sourceLocation: sourceLocation)
-    let gone = await eventually(timeout: .seconds(5)) { !qemuRunning(for: key) }
+    let gone = await eventually(timeout: .seconds(5)) { !qemuRunning(matching: "mayfly-\(key)") }
     #expect(gone, "a QEMU for \(key) is still running", sourceLocation: sourceLocation)
 }
 
@@ -182,7 +173,7 @@ struct VMLifecycleTests {
                 #expect(booting)
                 try await Task.sleep(for: .milliseconds(300))
                 let key = CloneDirectory.key(server: "local", job: "cancel")
-                #expect(qemuRunning(for: key))
+                #expect(qemuRunning(matching: "mayfly-\(key)"))
                 let clock = ContinuousClock()
                 let cancelled = clock.now
                 task.cancel()
