@@ -101,12 +101,16 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
     }
 
     /// Writes the record with the current acknowledged offset (and outcome, when known).
-    private func persist(sent: Int? = nil, outcome: JobOutcome? = nil) {
-        lock.withLock {
+    /// The write (with its fsync) happens on `BlockingWork`'s threads. Calls come one at a
+    /// time: from the upload loop, then from `finish` once the loop has stopped.
+    private func persist(sent: Int? = nil, outcome: JobOutcome? = nil) async {
+        let snapshot = lock.withLock { () -> SpoolRecord in
             if let sent { record.sent = sent }
             if let outcome { record.outcome = SpoolRecord.RecordedOutcome(outcome) }
-            record.write(entry.recordPath)
+            return record
         }
+        let path = entry.recordPath
+        await BlockingWork.run { snapshot.write(path) }
     }
 
     /// The job's log goes to the trace buffer; the loop uploads it.
@@ -202,7 +206,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         case .succeeded:
             await shipper.succeeded(sent: offset + count)
             if count > 0 {
-                persist(sent: offset + count)
+                await persist(sent: offset + count)
                 Counter(label: "mayfly_log_bytes_sent_total", dimensions: [("server", serverName)]).increment(by: count)
             }
         case .rangeMismatch(let stored):
@@ -253,7 +257,7 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
             return
         }
         // Written down first: if the agent dies now, the next one delivers this result.
-        persist(sent: await shipper.sent, outcome: outcome)
+        await persist(sent: await shipper.sent, outcome: outcome)
         let update = Self.finalUpdate(for: outcome, supported: lock.withLock { record.supportedFailureReasons })
         await shipper.resetInterval()
         var backoff = Duration.seconds(1)
@@ -264,8 +268,11 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
                 return
             case .failed(let reason):
                 if attempt == Self.finalUpdateAttempts {
+                    // The spool entry stays, with what GitLab has acknowledged: the agent's
+                    // maintenance retries it until job.spool_retention.
+                    await persist(sent: await shipper.sent)
                     logger.error(
-                        "could not deliver the job's result after \(attempt) attempts: \(reason); the log stays in \(buffer.path)"
+                        "could not deliver the job's result after \(attempt) attempts: \(reason); it stays in \(entry.path) and is retried"
                     )
                     return
                 }
