@@ -12,6 +12,8 @@ packages=(
   util-linux             # setpriv: QEMU dies with the agent
   openssl                # the tests make a throw-away CA
   python3                # the tests' local HTTPS server
+  passt                  # the guests' isolated network (vm.network: isolated, the default)
+  cloud-image-utils      # cloud-localds: each clone's cloud-init seed (guest.provision: cloud-init)
   busybox-static cpio e2fsprogs xz-utils kmod dropbear-bin   # the tiny test guest (deploy/images/tiny)
 )
 

@@ -11,8 +11,10 @@ public struct SSHCommand: Sendable, Equatable {
     public init(endpoint: SSHEndpoint) { self.endpoint = endpoint }
 
     /// The arguments for `ssh` that run `remoteCommand` (nil: the remote user's shell reads the
-    /// script from standard input).
-    public func arguments(remoteCommand: String? = nil) -> [String] {
+    /// script from standard input). With `forwardingHostPorts`, the endpoint's allowed host
+    /// ports are forwarded to the same ports on the guest's 127.0.0.1 for the session's length,
+    /// and a forward the guest refuses (the port is taken there) fails the session.
+    public func arguments(remoteCommand: String? = nil, forwardingHostPorts: Bool = false) -> [String] {
         var arguments = [
             "-F", "/dev/null",
             "-i", endpoint.privateKey,
@@ -29,8 +31,12 @@ public struct SSHCommand: Sendable, Equatable {
             "-o", "ServerAliveCountMax=6",
             "-o", "LogLevel=ERROR",
             "-T",
-            "\(endpoint.user)@\(endpoint.host)",
         ]
+        if forwardingHostPorts && !endpoint.forwardedHostPorts.isEmpty {
+            arguments += ["-o", "ExitOnForwardFailure=yes"]
+            for port in endpoint.forwardedHostPorts { arguments += ["-R", "127.0.0.1:\(port):127.0.0.1:\(port)"] }
+        }
+        arguments.append("\(endpoint.user)@\(endpoint.host)")
         if let remoteCommand { arguments.append(remoteCommand) }
         return arguments
     }

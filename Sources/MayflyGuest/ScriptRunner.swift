@@ -38,7 +38,8 @@ public struct ScriptRunner: Sendable {
         _ script: GuestScript, timeout: Duration, output: @escaping @Sendable ([UInt8]) async -> Void
     ) async throws -> Outcome {
         let text = try script.render()
-        let arguments = SSHCommand(endpoint: endpoint).arguments(remoteCommand: GuestScript.remoteCommand)
+        let arguments = SSHCommand(endpoint: endpoint).arguments(
+            remoteCommand: GuestScript.remoteCommand, forwardingHostPorts: true)
         var options = PlatformOptions()
         // On cancellation or timeout: SIGTERM, then SIGKILL 200 ms later.
         options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: .milliseconds(200))]
@@ -83,19 +84,29 @@ public struct ScriptRunner: Sendable {
 /// Waits until a guest accepts SSH logins with the pinned key (the banner can come before the
 /// server is ready to authenticate), bounded by `timeout`.
 public enum GuestConnection {
-    public static func waitUntilReady(_ endpoint: SSHEndpoint, timeout: Duration) async throws -> Duration {
+    /// With `cloudInit`, it then also waits (within the same `timeout`) until cloud-init has
+    /// finished in the guest: the first login can succeed while cloud-init's later stages still
+    /// run, and a job must not race them.
+    public static func waitUntilReady(_ endpoint: SSHEndpoint, timeout: Duration, cloudInit: Bool = false) async throws
+        -> Duration
+    {
         let clock = ContinuousClock()
         let started = clock.now
         var lastError = ""
         var command = SSHCommand(endpoint: endpoint)
         command.connectTimeout = .seconds(5)
         while clock.now - started < timeout {
+            var loggedIn = false
             do {
                 let result = try await command.run("true", timeout: .seconds(15))
-                if result.succeeded { return clock.now - started }
+                loggedIn = result.succeeded
                 lastError = result.standardError.trimmingWhitespace()
             } catch {
                 lastError = error.description
+            }
+            if loggedIn {
+                if cloudInit { try await waitForCloudInit(command, timeout: max(.seconds(1), timeout - (clock.now - started))) }
+                return clock.now - started
             }
             try await Task.sleep(for: .milliseconds(250))
         }
@@ -103,14 +114,39 @@ public enum GuestConnection {
     }
 }
 
+extension GuestConnection {
+    /// Runs `cloud-init status --wait`. Status 0 is done; 2 is done with recoverable errors
+    /// (common in stock images: a datasource or module that does not apply), which is fine for
+    /// running jobs; anything else (cloud-init failed, or not installed) is an error.
+    static func waitForCloudInit(_ command: SSHCommand, timeout: Duration) async throws(GuestError) {
+        let result: CommandRunner.Output
+        do {
+            result = try await command.run("cloud-init status --wait >/dev/null; echo \"cloud-init: $?\"", timeout: timeout)
+        } catch {
+            throw .provisioningFailed(detail: "cloud-init status --wait: \(error.description)")
+        }
+        let status = result.standardOutput.split(separator: "\n").last { $0.hasPrefix("cloud-init: ") }.map {
+            String($0.dropFirst("cloud-init: ".count))
+        }
+        guard status == "0" || status == "2" else {
+            throw .provisioningFailed(
+                detail: "cloud-init status --wait "
+                    + (status.map { "exited with \($0)" } ?? "did not run (\(result.standardError.trimmingWhitespace()))"))
+        }
+    }
+}
+
 /// Failures reaching or using the guest.
 public enum GuestError: Error, Sendable, CustomStringConvertible {
     case unreachable(endpoint: String, lastError: String)
+    case provisioningFailed(detail: String)
 
     public var description: String {
         switch self {
         case .unreachable(let endpoint, let lastError):
             return "cannot log in to the guest at \(endpoint) over SSH" + (lastError.isEmpty ? "" : ": \(lastError)")
+        case .provisioningFailed(let detail):
+            return "the guest's cloud-init did not finish: \(detail)"
         }
     }
 }

@@ -12,6 +12,7 @@ public enum VMError: Error, Sendable, CustomStringConvertible {
     case qemuFailed(what: String, detail: String)
     case bootTimedOut(after: Duration, serialTail: String)
     case command(executable: String, status: String, stderr: String)
+    case networkFailed(what: String, detail: String)
 
     public var description: String {
         switch self {
@@ -36,6 +37,8 @@ public enum VMError: Error, Sendable, CustomStringConvertible {
             return "the guest did not become reachable within \(after)\(shown)"
         case .command(let executable, let status, let stderr):
             return "\(executable) failed (\(status))" + (stderr.isEmpty ? "" : ": \(stderr)")
+        case .networkFailed(let what, let detail):
+            return "guest network (passt) \(what)" + (detail.isEmpty ? "" : ": \(detail)")
         }
     }
 }

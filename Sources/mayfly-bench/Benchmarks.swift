@@ -47,7 +47,7 @@ func benchClone(_ context: BenchContext) async throws {
         format: 1
         boot: { mode: kernel, kernel: vmlinux }
         disk: { file: disk.raw, format: raw }
-        guest: { ssh_key: ssh/id_ed25519, keys: none }
+        guest: { ssh_key: ssh/id_ed25519, provision: none }
         """.write(to: bundlePath.appendingPathComponent("bundle.yaml"), atomically: true, encoding: .utf8)
         let bundle = try BundleDirectory(path: bundlePath.path)
         // Caches are dropped before every run (root only), so that each copy reads from the disk.
@@ -113,7 +113,7 @@ func benchOverhead(_ context: BenchContext) async throws {
           -drive file=$d/disk.qcow2,if=none,id=d0,format=qcow2 -device virtio-blk-pci,drive=d0 \\
           -netdev user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22 -device virtio-net-pci,netdev=n0 -serial file:$d/serial.log &
         qemu=$!
-        until ssh -F /dev/null -i \(bundle.sshKeyPath) -p $port -o BatchMode=yes -o StrictHostKeyChecking=no \\
+        until ssh -F /dev/null -i \(bundle.sshKeyPath ?? "") -p $port -o BatchMode=yes -o StrictHostKeyChecking=no \\
               -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2 -o LogLevel=ERROR root@127.0.0.1 true 2>/dev/null; do sleep 0.1; done
         kill $qemu; wait $qemu || true
         rm -rf $d

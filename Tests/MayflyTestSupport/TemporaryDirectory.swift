@@ -17,7 +17,7 @@ public func makeTemporaryDirectory(prefix: String = "mayfly-test") throws -> URL
     let directory = base.appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8).lowercased())")
     try FileManager.default.createDirectory(
         at: directory, withIntermediateDirectories: true,
-        attributes: [.posixPermissions: 0o700])
+        attributes: [.posixPermissions: 0o711])
     return directory
 }
 

@@ -15,7 +15,7 @@ struct BundleTests {
         #expect(bundle.manifest.boot.mode == .kernel)
         #expect(bundle.kernelPath?.hasSuffix("/vmlinux") == true)
         #expect(bundle.diskPath.hasSuffix("/disk.qcow2"))
-        #expect(bundle.manifest.guest.keys == .fwCfg)
+        #expect(bundle.manifest.guest.provision == .fwCfg)
         #expect(bundle.manifest.memory == .mebibytes(256))
         let mismatches = try await bundle.verify()
         #expect(mismatches.isEmpty, "\(mismatches)")

@@ -60,7 +60,7 @@ struct VMLifecycleTests {
                     #expect(vm.timings.boot > .zero && vm.timings.lockAttempts == 1)
                     // A client key the guest was not given is refused (the per-clone key replaced the bundle's).
                     let stranger = SSHEndpoint(
-                        host: vm.ssh.host, port: vm.ssh.port, user: "root", privateKey: bundle.sshKeyPath,
+                        host: vm.ssh.host, port: vm.ssh.port, user: "root", privateKey: try #require(bundle.sshKeyPath),
                         knownHosts: vm.ssh.knownHosts)
                     let refused = try await SSHCommand(endpoint: stranger).run("true")
                     #expect(!refused.succeeded)

@@ -73,6 +73,8 @@ public struct VMSection: Sendable {
     public var gracePeriod: Duration = defaultGracePeriod
     public var lockRetry = LockRetryPolicy()
     public var bootTimeout: Duration = defaultBootTimeout
+    /// `network` (isolated | user) and `allow_host_ports`.
+    public var network = GuestNetwork()
 
     public init() {}
 }

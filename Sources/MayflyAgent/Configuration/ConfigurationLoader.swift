@@ -22,7 +22,10 @@ public struct ConfigurationLoader: Sendable {
         "name", "work_dir", "concurrency", "shutdown_timeout", "log_level", "log_format", "vm", "warm_pool", "job",
         "servers", "metrics",
     ]
-    static let vmKeys = ["bundle", "cpus", "memory", "accelerator", "clone", "grace_period", "lock_retry", "boot_timeout"]
+    static let vmKeys = [
+        "bundle", "cpus", "memory", "accelerator", "clone", "grace_period", "lock_retry", "boot_timeout", "network",
+        "allow_host_ports",
+    ]
     static let lockRetryKeys = ["attempts", "initial", "max"]
     static let warmPoolKeys = ["size", "max_age", "boot"]
     static let jobKeys = ["timeout", "log_limit", "spool_retention"]
@@ -122,6 +125,15 @@ public struct ConfigurationLoader: Sendable {
         if let clone = section["clone"] { vm.clone = try clone.choice(CloneStrategyChoice.self) }
         if let grace = section["grace_period"] { vm.gracePeriod = try grace.duration() }
         if let boot = section["boot_timeout"] { vm.bootTimeout = try boot.duration(atLeast: .seconds(1)) }
+        if let network = section["network"] { vm.network.mode = try network.choice(GuestNetwork.Mode.self) }
+        if let ports = section["allow_host_ports"] {
+            var seen = Set<Int>()
+            for port in try ports.sequence() {
+                let number = try port.int(in: 1...65535)
+                guard seen.insert(number).inserted else { throw port.error("port \(number) is listed twice") }
+                vm.network.allowHostPorts.append(number)
+            }
+        }
         if let retry = section["lock_retry"] {
             let retrySection = try retry.mapping(allowed: Self.lockRetryKeys)
             var policy = LockRetryPolicy()

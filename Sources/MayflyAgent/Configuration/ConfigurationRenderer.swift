@@ -33,6 +33,8 @@ extension Configuration {
             "  grace_period: \(duration(vm.gracePeriod))",
             "  lock_retry: { attempts: \(vm.lockRetry.attempts), initial: \(duration(vm.lockRetry.initial)), max: \(duration(vm.lockRetry.maximum)) }",
             "  boot_timeout: \(duration(vm.bootTimeout))",
+            "  network: \(vm.network.mode.rawValue)",
+            "  allow_host_ports: [\(vm.network.allowHostPorts.map(String.init).joined(separator: ", "))]",
             "warm_pool: { size: \(warmPool.size), max_age: \(duration(warmPool.maxAge)), boot: \(warmPool.boot) }",
             "job: { timeout: \(duration(job.timeout)), log_limit: \(job.logLimit), spool_retention: \(duration(job.spoolRetention)) }",
         ]

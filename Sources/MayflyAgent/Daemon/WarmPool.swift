@@ -123,7 +123,9 @@ public actor WarmPool {
                 let running = try await launcher.start(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime)
                 // Logged in once, so that a job on it skips the connect phase.
                 do {
-                    _ = try await GuestConnection.waitUntilReady(running.machine.ssh, timeout: .seconds(120))
+                    _ = try await GuestConnection.waitUntilReady(
+                        running.machine.ssh, timeout: launcher.options.bootTimeout,
+                        cloudInit: running.machine.bundle.manifest.guest.provision == .cloudInit)
                 } catch {
                     await running.stop(graceful: false)
                     throw error

@@ -73,6 +73,7 @@ public struct JobRunner: Sendable {
         options.gracePeriod = configuration.vm.gracePeriod
         options.lockRetry = configuration.vm.lockRetry
         options.bootTimeout = configuration.vm.bootTimeout
+        options.network = configuration.vm.network
         return options
     }
 
@@ -175,7 +176,10 @@ public struct JobRunner: Sendable {
                 await log.line("The auxiliary-storage lock was busy: took it on attempt \(vm.timings.lockAttempts)")
             }
             recorder.start(.connect)
-            if !prebooted { _ = try await GuestConnection.waitUntilReady(vm.ssh, timeout: vmOptions.bootTimeout) }
+            if !prebooted {
+                _ = try await GuestConnection.waitUntilReady(
+                    vm.ssh, timeout: vmOptions.bootTimeout, cloudInit: vm.bundle.manifest.guest.provision == .cloudInit)
+            }
             recorder.finish(.connect)
 
             let runner = ScriptRunner(endpoint: vm.ssh, logger: logger)

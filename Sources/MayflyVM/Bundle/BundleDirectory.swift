@@ -15,7 +15,7 @@ public struct BundleDirectory: Sendable {
     public var kernelPath: String? { manifest.boot.kernel.map(file) }
     public var initrdPath: String? { manifest.boot.initrd.map(file) }
     public var nvramPath: String? { manifest.nvram.map(file) }
-    public var sshKeyPath: String { file(manifest.guest.sshKey) }
+    public var sshKeyPath: String? { manifest.guest.sshKey.map(file) }
     public var hostKeyPath: String? { manifest.guest.hostKey.map(file) }
     /// The UEFI code firmware: the bundle's own, or the host's OVMF.
     public var firmwarePath: String {

@@ -11,19 +11,21 @@ public struct BundleManifest: Sendable, Equatable {
         /// OVMF firmware with the bundle's NVRAM (auxiliary storage); the kernel may still be
         /// given directly, or come from the disk's EFI system partition.
         case uefi
+        /// SeaBIOS boots the disk's own boot loader (a BIOS cloud image).
+        case bios
     }
 
     public enum DiskFormat: String, Sendable, CaseIterable {
         case qcow2, raw
     }
 
-    /// How a clone's own SSH keys reach the guest.
-    public enum KeyDelivery: String, Sendable, CaseIterable {
-        /// The guest trusts the bundle's key, and its host key is the bundle's.
+    /// How a clone's own identity (login key, host key, hostname) reaches the guest.
+    public enum Provisioning: String, Sendable, CaseIterable {
+        /// Nothing per clone: the guest trusts the bundle's key, and its host key is the bundle's.
         case none
         /// QEMU fw_cfg entries `opt/mayfly/authorized_keys` and `opt/mayfly/host_key`.
         case fwCfg = "fw_cfg"
-        /// A NoCloud seed (cloud-init images).
+        /// A NoCloud seed (`cidata` volume) that cloud-init in the guest reads at boot.
         case cloudInit = "cloud-init"
     }
 
@@ -44,11 +46,11 @@ public struct BundleManifest: Sendable, Equatable {
     public struct Guest: Sendable, Equatable {
         public var user: String
         public var sshPort: Int
-        /// The private key the guest trusts (bundle-relative).
-        public var sshKey: String
+        /// The private key the guest trusts (bundle-relative); only needed without provisioning.
+        public var sshKey: String?
         /// The guest's SSH host public key, pinned by the client (bundle-relative).
         public var hostKey: String?
-        public var keys: KeyDelivery
+        public var provision: Provisioning
         /// Where jobs run inside the guest.
         public var workdir: String
     }
@@ -99,6 +101,9 @@ public struct BundleManifest: Sendable, Equatable {
         if mode == .kernel && kernel == nil {
             throw bootValue.error("'boot.mode: kernel' needs 'boot.kernel'")
         }
+        if mode == .bios && kernel != nil {
+            throw boot["kernel"]!.error("'boot.mode: bios' boots the disk's own boot loader; use 'mode: kernel' with 'kernel'")
+        }
         if initrd != nil && kernel == nil { throw boot["initrd"]!.error("'boot.initrd' needs 'boot.kernel'") }
         let bootSection = Boot(
             mode: mode, kernel: kernel, initrd: initrd, cmdline: try boot["cmdline"]?.string() ?? "console=ttyS0",
@@ -123,13 +128,14 @@ public struct BundleManifest: Sendable, Equatable {
         }
 
         let guestValue = try top.required("guest")
-        let guestMapping = try guestValue.mapping(allowed: ["user", "ssh_port", "ssh_key", "host_key", "keys", "workdir"])
+        let guestMapping = try guestValue.mapping(allowed: ["user", "ssh_port", "ssh_key", "host_key", "provision", "workdir"])
+        let provision = try guestMapping["provision"]?.choice(Provisioning.self) ?? .none
         let guest = Guest(
             user: try guestMapping["user"]?.string() ?? "root",
             sshPort: try guestMapping["ssh_port"]?.int(in: 1...65535) ?? 22,
-            sshKey: try guestMapping.required("ssh_key").string(),
+            sshKey: provision == .none ? try guestMapping.required("ssh_key").string() : try guestMapping["ssh_key"]?.string(),
             hostKey: try guestMapping["host_key"]?.string(),
-            keys: try guestMapping["keys"]?.choice(KeyDelivery.self) ?? .none,
+            provision: provision,
             workdir: try guestMapping["workdir"]?.string() ?? "/builds")
 
         var files: [(String, String)] = []
@@ -164,7 +170,8 @@ public struct BundleManifest: Sendable, Equatable {
 
     /// The bundle-relative files the manifest refers to (the firmware only when bundle-relative).
     public var referencedFiles: [String] {
-        var paths = [disk.file, guest.sshKey]
+        var paths = [disk.file]
+        if let sshKey = guest.sshKey { paths.append(sshKey) }
         if let kernel = boot.kernel { paths.append(kernel) }
         if let initrd = boot.initrd { paths.append(initrd) }
         if let nvram { paths.append(nvram) }
@@ -192,10 +199,11 @@ public struct BundleManifest: Sendable, Equatable {
         if let nvram { lines.append("nvram: \(quoted(nvram))") }
         lines += [
             "defaults:", "  cpus: \(cpus)", "  memory: \(memory)",
-            "guest:", "  user: \(quoted(guest.user))", "  ssh_port: \(guest.sshPort)", "  ssh_key: \(quoted(guest.sshKey))",
+            "guest:", "  user: \(quoted(guest.user))", "  ssh_port: \(guest.sshPort)",
         ]
+        if let sshKey = guest.sshKey { lines.append("  ssh_key: \(quoted(sshKey))") }
         if let hostKey = guest.hostKey { lines.append("  host_key: \(quoted(hostKey))") }
-        lines += ["  keys: \(guest.keys.rawValue)", "  workdir: \(quoted(guest.workdir))", "files:"]
+        lines += ["  provision: \(guest.provision.rawValue)", "  workdir: \(quoted(guest.workdir))", "files:"]
         for (path, hash) in files { lines.append("  \(quoted(path)): \(hash)") }
         return lines.joined(separator: "\n") + "\n"
     }

@@ -11,7 +11,8 @@ import MayflyCore
 ///   nvram.fd        this clone's own copy of the UEFI variables (auxiliary storage)
 ///   serial.log      the guest's serial console
 ///   keys/           this clone's SSH client key, host key and known_hosts
-/// <runtime>/<key>/  qmp.sock  (Unix socket paths are limited to 108 bytes)
+///   seed.img        the cloud-init NoCloud seed (cloud-init bundles), and seed/ its sources
+/// <runtime>/<key>/  qmp.sock, net/passt.sock  (Unix socket paths are limited to 108 bytes)
 /// ```
 public struct CloneDirectory: Sendable, Equatable {
     public let key: String
@@ -28,7 +29,11 @@ public struct CloneDirectory: Sendable, Equatable {
     public var clientKeyPath: String { keysPath + "/id_ed25519" }
     public var hostKeyPath: String { keysPath + "/host_ed25519" }
     public var knownHostsPath: String { keysPath + "/known_hosts" }
+    public var seedPath: String { path + "/seed.img" }
+    public var seedSourcesPath: String { path + "/seed" }
     public var qmpSocketPath: String { runtimePath + "/qmp.sock" }
+    /// passt's socket directory (owned by the user passt runs as).
+    public var networkDirectory: String { runtimePath + "/net" }
 
     public init(key: String, path: String, runtimePath: String, diskName: String) {
         self.key = key

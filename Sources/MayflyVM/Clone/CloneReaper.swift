@@ -5,7 +5,7 @@ import MayflyCore
 /// Removes clones whose owner is gone: the agent process named in `owner.json` no longer runs
 /// (pid gone, pid reused by another process, or the host rebooted). If the QEMU recorded there
 /// is still that same QEMU (same start time, and its command line names the clone), it is killed
-/// first. Clones of a live owner are left alone, whatever their names. Directories without a
+/// first, and so is its passt. Clones of a live owner are left alone, whatever their names. Directories without a
 /// readable record are removed only when they are older than `orphanAge` (a clone being created
 /// writes its record first, so a young one may still be in the making).
 public struct CloneReaper: Sendable {
@@ -49,6 +49,11 @@ public struct CloneReaper: Sendable {
             {
                 await kill(qemu.pid)
                 killed = qemu.pid
+            }
+            if let passt = record.network, passt.isAlive, let commandLine = ProcessIdentity.commandLine(of: passt.pid),
+                commandLine.contains(record.key)
+            {
+                await kill(passt.pid)
             }
             remove(path, runtime: runtimeBase + "/" + record.key)
             let killedNote = killed.map { "; killed its QEMU (pid \($0))" } ?? ""

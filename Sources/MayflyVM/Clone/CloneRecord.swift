@@ -19,6 +19,8 @@ public struct CloneRecord: Codable, Sendable, Equatable {
     public var strategy: String
     public var bundle: String
     public var qemu: ProcessIdentity?
+    /// The passt process serving the guest's network, if any.
+    public var network: ProcessIdentity?
 
     public init(
         key: String, server: String, job: String, owner: ProcessIdentity, createdAt: Date, deadline: Date, strategy: String,

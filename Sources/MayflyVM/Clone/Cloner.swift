@@ -11,14 +11,18 @@ public struct Cloner: Sendable {
     public let workDirectory: String
     public let strategy: CloneStrategyChoice
     public let runtimeBase: String
+    /// The network the clones will boot with: a cloud-init seed describes the guest's NICs.
+    public let network: GuestNetwork.Mode
     let logger: Logger
 
     public init(
-        workDirectory: String, strategy: CloneStrategyChoice, runtimeBase: String = RuntimeDirectory.base(), logger: Logger
+        workDirectory: String, strategy: CloneStrategyChoice, runtimeBase: String = RuntimeDirectory.base(),
+        network: GuestNetwork.Mode = .isolated, logger: Logger
     ) {
         self.workDirectory = workDirectory
         self.strategy = strategy
         self.runtimeBase = runtimeBase
+        self.network = network
         self.logger = logger
     }
 
@@ -40,7 +44,10 @@ public struct Cloner: Sendable {
         let key = CloneDirectory.key(server: server, job: job)
         try makeDirectory(workDirectory, mode: 0o755)
         try makeDirectory(clonesPath, mode: 0o700)
-        try makeDirectory(runtimeBase, mode: 0o700)
+        // passt drops from root to nobody and must reach its socket directory inside: others may
+        // pass through (not list) the runtime directories when we are root.
+        try makeDirectory(runtimeBase, mode: Self.runtimeMode)
+        chmod(runtimeBase, Self.runtimeMode)
         let finalPath = clonesPath + "/" + key
         if let existing = CloneRecord.read(from: finalPath + "/owner.json") {
             if existing.owner.isAlive {
@@ -68,9 +75,18 @@ public struct Cloner: Sendable {
             try copySmallFile(from: nvram, to: temporary.nvramPath, mode: 0o600)
         }
         try makeDirectory(temporary.keysPath, mode: 0o700)
-        if bundle.manifest.guest.keys == .fwCfg {
+        if bundle.manifest.guest.provision != .none {
             try await generateKey(at: temporary.clientKeyPath, comment: "mayfly-client-\(key)")
             try await generateKey(at: temporary.hostKeyPath, comment: "mayfly-host-\(key)")
+        }
+        if bundle.manifest.guest.provision == .cloudInit {
+            let seed = CloudInitSeed(
+                instanceID: "mayfly-\(key)-\(UUID().uuidString.prefix(8).lowercased())",
+                hostname: CloudInitSeed.hostname(forClone: key), user: bundle.manifest.guest.user,
+                authorizedKey: try readText(temporary.clientKeyPath + ".pub"),
+                hostPrivateKey: try readText(temporary.hostKeyPath), hostPublicKey: try readText(temporary.hostKeyPath + ".pub"),
+                network: network)
+            try await seed.write(sourcesDirectory: temporary.seedSourcesPath, image: temporary.seedPath)
         }
         // The clone's creation time is when it became usable; the grace period counts from here.
         record.createdAt = Date()
@@ -79,7 +95,7 @@ public struct Cloner: Sendable {
             throw .io(operation: "rename into place", path: finalPath, errno: errno)
         }
         renamed = true
-        try makeDirectory(temporary.runtimePath, mode: 0o700)
+        try makeDirectory(temporary.runtimePath, mode: Self.runtimeMode)
         let clone = CloneDirectory(key: key, path: finalPath, runtimePath: temporary.runtimePath, diskName: diskName)
         let duration = clock.now - started
         logger.info(
@@ -160,6 +176,13 @@ public struct Cloner: Sendable {
             try await FileCopier.sparseCopy(from: golden, to: destination)
         }
         chmod(destination, 0o600)
+    }
+
+    static var runtimeMode: mode_t { geteuid() == 0 ? 0o711 : 0o700 }
+
+    private func readText(_ path: String) throws(VMError) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { throw .io(operation: "read", path: path, errno: EIO) }
+        return String(decoding: data, as: UTF8.self)
     }
 
     private func generateKey(at path: String, comment: String) async throws(VMError) {

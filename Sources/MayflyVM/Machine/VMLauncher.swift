@@ -22,7 +22,9 @@ public struct VMLauncher: Sendable {
         self.options = options
         self.logger = logger
         self.kvm = kvm
-        self.cloner = Cloner(workDirectory: workDirectory, strategy: options.clone, runtimeBase: runtimeBase, logger: logger)
+        self.cloner = Cloner(
+            workDirectory: workDirectory, strategy: options.clone, runtimeBase: runtimeBase, network: options.network.mode,
+            logger: logger)
     }
 
     /// Runs `body` in a fresh VM of `bundle` for the job (`server`, `job`). `lifetime` bounds the
@@ -155,6 +157,8 @@ public struct VMLauncher: Sendable {
         let qemu: QEMUProcess
         let lock: AuxiliaryStorageLock
         let endpoint: SSHEndpoint
+        /// The guest's network, when it is passt's (`isolated`).
+        let network: PasstProcess?
     }
 
     struct Launch: Sendable {
@@ -210,18 +214,33 @@ public struct VMLauncher: Sendable {
         var firmwareConfig: [(name: String, file: String)] = []
         var hostKey = bundle.hostKeyPath
         var clientKey = bundle.sshKeyPath
-        if manifest.guest.keys == .fwCfg {
+        var seedImage: String?
+        switch manifest.guest.provision {
+        case .none: break
+        case .fwCfg:
             firmwareConfig = [
                 ("opt/mayfly/authorized_keys", clone.clientKeyPath + ".pub"), ("opt/mayfly/host_key", clone.hostKeyPath),
             ]
             hostKey = clone.hostKeyPath + ".pub"
             clientKey = clone.clientKeyPath
+        case .cloudInit:
+            seedImage = clone.seedPath
+            hostKey = clone.hostKeyPath + ".pub"
+            clientKey = clone.clientKeyPath
         }
-        // A port taken between our pick and QEMU's bind makes QEMU refuse the forward: pick again.
+        guard let clientKey else {
+            throw VMError.bundle(path: bundle.path, problem: "names no SSH key for the guest and provisions none per clone")
+        }
+        // A port taken between our pick and QEMU's (or passt's) bind makes the forward fail: pick again.
         var lastFailure: (any Error)?
         for _ in 0..<3 {
             guard let port = SocketIO.freeLoopbackPort() else {
                 throw VMError.qemuFailed(what: "could not start", detail: "no free port on 127.0.0.1")
+            }
+            var network: PasstProcess?
+            if options.network.mode == .isolated {
+                network = try await PasstProcess.start(
+                    directory: clone.networkDirectory, executable: options.network.passtExecutable)
             }
             let spec = QEMUMachineSpec(
                 name: clone.key, accelerator: accelerator, cpus: options.cpus ?? manifest.cpus,
@@ -233,13 +252,20 @@ public struct VMLauncher: Sendable {
                 disk: clone.diskPath, diskFormat: clone.diskName.hasSuffix(".qcow2") ? .qcow2 : manifest.disk.format,
                 sshHostPort: port, sshGuestPort: manifest.guest.sshPort, serialLog: clone.serialLogPath,
                 qmpSocket: clone.qmpSocketPath,
-                firmwareConfig: firmwareConfig)
+                firmwareConfig: firmwareConfig, networkSocket: network?.socketPath, seedImage: seedImage)
             var configuration = QEMUProcess.Configuration(arguments: spec.arguments, qmpSocket: clone.qmpSocketPath)
             configuration.executable = options.qemuExecutable
             do {
-                let qemu = try await QEMUProcess.start(configuration, logger: logger)
+                let qemu: QEMUProcess
+                do {
+                    qemu = try await QEMUProcess.start(configuration, logger: logger)
+                } catch {
+                    await network?.stop()
+                    throw error
+                }
                 if var record = clone.record() {
                     record.qemu = qemu.identity
+                    record.network = network?.identity
                     try record.write(to: clone.ownerPath)
                 }
                 let knownHosts = try knownHostsLine(port: port, hostKeyFile: hostKey)
@@ -250,8 +276,8 @@ public struct VMLauncher: Sendable {
                 }
                 let endpoint = SSHEndpoint(
                     host: "127.0.0.1", port: port, user: manifest.guest.user, privateKey: clientKey,
-                    knownHosts: clone.knownHostsPath)
-                return Booted(qemu: qemu, lock: lock, endpoint: endpoint)
+                    knownHosts: clone.knownHostsPath, forwardedHostPorts: options.network.allowHostPorts)
+                return Booted(qemu: qemu, lock: lock, endpoint: endpoint, network: network)
             } catch VMError.qemuFailed(let what, let detail) where detail.contains("host forwarding rule") {
                 lastFailure = VMError.qemuFailed(what: what, detail: detail)
                 continue
@@ -305,6 +331,7 @@ public struct VMLauncher: Sendable {
             if let booted {
                 let reason = graceful ? await booted.qemu.stop(graceful: shutdownGrace) : await booted.qemu.kill()
                 logger.debug("QEMU \(reason)", metadata: ["vm.clone": "\(clone.path)"])
+                await booted.network?.stop()
                 booted.lock.release()
             }
             cloner.remove(clone)

@@ -14,6 +14,8 @@ public struct VMOptions: Sendable {
     /// How long a guest gets to power off by itself before QEMU is made to quit.
     public var shutdownGrace: Duration = .seconds(10)
     public var qemuExecutable = "qemu-system-x86_64"
+    /// The guest's network: isolated from the host's loopback (passt) unless configured otherwise.
+    public var network = GuestNetwork()
 
     public init() {}
 }
@@ -26,6 +28,8 @@ public struct SSHEndpoint: Sendable, Equatable {
     public let privateKey: String
     /// A known_hosts file holding only this guest's host key, for `StrictHostKeyChecking=yes`.
     public let knownHosts: String
+    /// Host loopback ports that sessions running job scripts forward to the guest's 127.0.0.1.
+    public var forwardedHostPorts: [Int] = []
 }
 
 /// The phases of a VM's life that the launcher owns, in order, as reported while they happen.

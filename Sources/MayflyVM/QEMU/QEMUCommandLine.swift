@@ -16,9 +16,15 @@ public struct QEMUMachineSpec: Sendable, Equatable {
     public var nvram: String?
     public var disk: String
     public var diskFormat: BundleManifest.DiskFormat
-    /// Host port on 127.0.0.1 forwarded to the guest's SSH port.
+    /// Host port on 127.0.0.1 forwarded to the guest's SSH port (QEMU's user network only; with
+    /// passt, passt forwards it).
     public var sshHostPort: Int
     public var sshGuestPort: Int
+    /// passt's Unix socket: the guest's network is passt's (`-netdev stream`) instead of QEMU's
+    /// user network.
+    public var networkSocket: String?
+    /// A read-only raw volume attached as a second disk (the cloud-init NoCloud seed).
+    public var seedImage: String?
     public var serialLog: String
     public var qmpSocket: String
     /// fw_cfg entries (name → host file), e.g. per-clone SSH keys.
@@ -32,8 +38,10 @@ public struct QEMUMachineSpec: Sendable, Equatable {
         name: String, accelerator: Accelerator, cpus: Int, memory: ByteSize, bootMode: BundleManifest.BootMode, kernel: String?,
         initrd: String?, cmdline: String, firmware: String?, nvram: String?, disk: String, diskFormat: BundleManifest.DiskFormat,
         sshHostPort: Int, sshGuestPort: Int, serialLog: String, qmpSocket: String,
-        firmwareConfig: [(name: String, file: String)] = []
+        firmwareConfig: [(name: String, file: String)] = [], networkSocket: String? = nil, seedImage: String? = nil
     ) {
+        self.networkSocket = networkSocket
+        self.seedImage = seedImage
         self.name = name
         self.accelerator = accelerator
         self.cpus = cpus
@@ -77,8 +85,32 @@ public struct QEMUMachineSpec: Sendable, Equatable {
         arguments += [
             "-drive", "file=\(escaped(disk)),if=none,id=disk0,format=\(diskFormat.rawValue),discard=unmap",
             "-device", "virtio-blk-pci,drive=disk0",
-            "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:\(sshHostPort)-:\(sshGuestPort)",
-            "-device", "virtio-net-pci,netdev=net0",
+        ]
+        if let seedImage {
+            arguments += [
+                "-drive", "file=\(escaped(seedImage)),if=none,id=seed0,format=raw,readonly=on",
+                "-device", "virtio-blk-pci,drive=seed0",
+            ]
+        }
+        if let networkSocket {
+            // The guest's own traffic goes through passt; SSH comes in on a second NIC, QEMU's
+            // user network with `restrict=on` (nothing the guest starts leaves through it).
+            let control = GuestNetwork.control
+            arguments += [
+                "-netdev", "stream,id=net0,server=off,addr.type=unix,addr.path=\(escaped(networkSocket))",
+                "-device", "virtio-net-pci,netdev=net0,mac=\(GuestNetwork.uplinkMAC)",
+                "-netdev",
+                "user,id=net1,restrict=on,net=\(control.network),host=\(control.host),dhcpstart=\(control.guest),"
+                    + "hostfwd=tcp:127.0.0.1:\(sshHostPort)-\(control.guest):\(sshGuestPort)",
+                "-device", "virtio-net-pci,netdev=net1,mac=\(GuestNetwork.controlMAC)",
+            ]
+        } else {
+            arguments += [
+                "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:\(sshHostPort)-:\(sshGuestPort)",
+                "-device", "virtio-net-pci,netdev=net0,mac=\(GuestNetwork.uplinkMAC)",
+            ]
+        }
+        arguments += [
             "-chardev", "file,id=serial0,path=\(escaped(serialLog))",
             "-serial", "chardev:serial0",
             "-qmp", "unix:\(escaped(qmpSocket)),server=on,wait=off",

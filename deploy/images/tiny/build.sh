@@ -251,6 +251,11 @@ ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
     || say "error: network setup on eth0 failed"
 echo "nameserver 10.0.2.3" > /etc/resolv.conf
+# Mayfly's isolated network adds a second NIC that only carries SSH in (QEMU's restricted user
+# network): give it its fixed address, with no route through it.
+if [ -e /sys/class/net/eth1 ]; then
+    ip link set eth1 up && ip addr add 10.0.3.15/24 dev eth1 || say "error: network setup on eth1 failed"
+fi
 
 # Job workspace: the (qcow2 clone of the) golden ext4 disk, if attached.
 if [ -e /sys/block/vda ]; then
@@ -500,7 +505,7 @@ files+=(ssh/id_ed25519 ssh/id_ed25519.pub ssh/host_ed25519_key.pub)
     echo "  ssh_port: 22"
     echo "  ssh_key: ssh/id_ed25519"
     echo "  host_key: ssh/host_ed25519_key.pub"
-    echo "  keys: fw_cfg"
+    echo "  provision: fw_cfg"
     echo "  workdir: /builds"
     echo "files:"
     for f in "${files[@]}"; do
