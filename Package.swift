@@ -137,7 +137,9 @@ let package = Package(
         ),
         .testTarget(
             name: "MayflyVMTests",
-            dependencies: ["MayflyVM", "MayflyGuest", "MayflyCore", "MayflyTestSupport"],
+            dependencies: [
+                "MayflyVM", "MayflyGuest", "MayflyCore", "MayflyTestSupport", .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

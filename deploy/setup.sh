@@ -14,6 +14,7 @@ packages=(
   python3                # the tests' local HTTPS server
   passt                  # the guests' isolated network (vm.network: isolated, the default)
   cloud-image-utils      # cloud-localds: each clone's cloud-init seed (guest.provision: cloud-init)
+  fdisk                  # sfdisk: the tests write partition tables of sample cloud images
   busybox-static cpio e2fsprogs xz-utils kmod dropbear-bin   # the tiny test guest (deploy/images/tiny)
 )
 

@@ -40,9 +40,9 @@ final class MayflyProcess: @unchecked Sendable {
     }
 }
 
-func execConfig(_ directory: URL, extra: String = "") throws -> String {
+func execConfig(_ directory: URL, vm: String = "{ accelerator: tcg, grace_period: 0 }", extra: String = "") throws -> String {
     let path = directory.appendingPathComponent("mayfly.yaml").path
-    try "work_dir: \(directory.path)/work\nvm: { accelerator: tcg, grace_period: 0 }\n\(extra)".write(
+    try "work_dir: \(directory.path)/work\nvm: \(vm)\n\(extra)".write(
         toFile: path, atomically: true, encoding: .utf8)
     return path
 }

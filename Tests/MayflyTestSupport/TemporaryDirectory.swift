@@ -36,9 +36,14 @@ public func eventually(
 
 /// Whether a live QEMU process's command line contains `text` (a clone key, a work directory).
 public func qemuRunning(matching text: String) -> Bool {
+    processRunning { $0.contains("qemu-system") && $0.contains(text) }
+}
+
+/// Whether a live (not zombie) process's command line satisfies `matches`.
+public func processRunning(where matches: (String) -> Bool) -> Bool {
     let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return processes.contains { name in
         guard let pid = Int32(name), let line = ProcessIdentity.commandLine(of: pid) else { return false }
-        return line.contains("qemu-system") && line.contains(text) && !ProcessIdentity.isZombie(pid)
+        return matches(line) && !ProcessIdentity.isZombie(pid)
     }
 }

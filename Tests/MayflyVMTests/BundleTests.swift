@@ -41,7 +41,7 @@ struct BundleTests {
         let cases: [(String, Int, Int, String)] = [
             ("format: 1\nboot: { mode: kernel }\ndisk: { file: d }\nguest: { ssh_key: k }\n", 2, 7, "needs 'boot.kernel'"),
             ("format: 9\n", 1, 9, "newer than this Mayfly"),
-            ("format: 1\nboot: { mode: bios, kernel: k }\n", 2, 15, "one of kernel, uefi"),
+            ("format: 1\nboot: { mode: bois, kernel: k }\n", 2, 15, "one of kernel, uefi, bios"),
             ("format: 1\nboot: { mode: uefi, kernel: k }\ndisk: { file: d }\nguest: { ssh_key: k }\n", 2, 7, "needs 'nvram'"),
             (
                 "format: 1\nboot: { mode: kernel, kernel: k }\ndisk: { file: d, format: vmdk }\nguest: { ssh_key: k }\n", 3, 26,

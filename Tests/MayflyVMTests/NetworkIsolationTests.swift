@@ -94,8 +94,12 @@ struct NetworkIsolationTests {
                     #expect(outcome == .exited(0), "\(outcome)")
                     return await collected.text
                 }
-                await expectCleanedUp(directory, runtime: runtime, key: CloneDirectory.key(server: "local", job: job))
-                #expect(!qemuRunning(matching: "passt"), "passt was stopped with its VM")
+                let key = CloneDirectory.key(server: "local", job: job)
+                await expectCleanedUp(directory, runtime: runtime, key: key)
+                let passtGone = await eventually(timeout: .seconds(5)) {
+                    !processRunning { $0.contains("passt") && !$0.contains("qemu-system") && $0.contains("/\(key)/net/") }
+                }
+                #expect(passtGone, "passt was stopped with its VM")
                 let probes = output.split(separator: "\n").filter { $0.hasPrefix("probe") }.map(String.init)
                 #expect(probes.count == targets.count, "\(output)")
                 return probes

@@ -38,6 +38,8 @@ public struct Doctor: Sendable {
         checks.append(ovmf())
         checks.append(await version("ssh", ["-V"], package: "openssh-client"))
         checks.append(setpriv())
+        checks.append(network())
+        checks.append(cloudInitTools())
         let workDirectory = workDirectoryCheck()
         checks.append(workDirectory)
         if workDirectory.status != .fail {
@@ -102,6 +104,35 @@ public struct Doctor: Sendable {
         return DoctorCheck(
             "setpriv", .warn, "not installed: a QEMU outlives a killed agent until the next start reaps it",
             fix: "apt-get install util-linux")
+    }
+
+    private func network() -> DoctorCheck {
+        let network = configuration.vm.network
+        switch network.mode {
+        case .user:
+            return DoctorCheck(
+                "network", .warn, "vm.network: user: jobs can reach every service on this host's 127.0.0.1 through 10.0.2.2",
+                fix: "install passt and set vm.network: isolated (the default)")
+        case .isolated:
+            guard let path = ExecutableLookup.find(network.passtExecutable) else {
+                return DoctorCheck(
+                    "network", .fail, "vm.network: isolated needs passt, which is not installed",
+                    fix: "apt-get install passt (or set vm.network: user and accept that jobs reach the host's loopback)")
+            }
+            let allowed =
+                network.allowHostPorts.isEmpty ? "none" : network.allowHostPorts.map(String.init).joined(separator: ", ")
+            return DoctorCheck(
+                "network", .ok, "isolated through \(path): the host's loopback is out of reach; allowed host ports: \(allowed)")
+        }
+    }
+
+    private func cloudInitTools() -> DoctorCheck {
+        if let path = ExecutableLookup.find("cloud-localds") {
+            return DoctorCheck("cloud-localds", .ok, "\(path): seeds for cloud-init bundles")
+        }
+        return DoctorCheck(
+            "cloud-localds", .warn, "not installed: bundles with guest.provision: cloud-init cannot be cloned",
+            fix: "apt-get install cloud-image-utils")
     }
 
     private func workDirectoryCheck() -> DoctorCheck {
