@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Installs Mayfly as a systemd service on Debian: the packages it needs, the binary
 # (/usr/local/bin/mayfly, built in release mode unless --binary is given), a system user `mayfly`
-# in group kvm, /etc/mayfly/mayfly.yaml from the example when there is none, and the unit.
+# in group kvm, /etc/mayfly/mayfly.yaml from the example when there is none, the unit, and the
+# default golden bundle: Debian 12 built by deploy/images/debian/build.sh into
+# /var/lib/mayfly/bundles/debian-12 when it is not there (--no-image skips it).
 # It does not start anything: register a runner and enable the service afterwards (it says how).
 # Run as root from the repository. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 binary=""
+image=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary=${2:?--binary needs a path}; shift 2 ;;
+    --no-image) image=0; shift ;;
     *) echo "install: unknown argument $1" >&2; exit 64 ;;
   esac
 done
@@ -35,11 +39,15 @@ if [ ! -e /etc/mayfly/mayfly.yaml ]; then
   chmod 0640 /etc/mayfly/mayfly.yaml
 fi
 install -m 0644 deploy/systemd/mayfly.service /etc/systemd/system/mayfly.service
+if [ "$image" = 1 ] && [ ! -e /var/lib/mayfly/bundles/debian-12/bundle.yaml ]; then
+  echo "install: building the Debian 12 golden bundle (a few minutes; --no-image skips it)"
+  bash deploy/images/debian/build.sh --out /var/lib/mayfly/bundles/debian-12
+fi
 if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 cat <<NEXT
 Mayfly is installed. Next:
-  1. put a bundle in /var/lib/mayfly/bundles (docs/bundles.md) and set vm.bundle in /etc/mayfly/mayfly.yaml
+  1. vm.bundle is debian-12 (/var/lib/mayfly/bundles/debian-12); for other images see docs/images.md
   2. mayfly register --config /etc/mayfly/mayfly.yaml --url https://gitlab.example.com --token glrt-...
      then: chown root:mayfly /etc/mayfly/*.token; chmod 0640 /etc/mayfly/*.token
   3. mayfly doctor --config /etc/mayfly/mayfly.yaml
