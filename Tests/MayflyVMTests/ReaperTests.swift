@@ -9,7 +9,8 @@ import Testing
 @Suite("Reaper", .serialized)
 struct ReaperTests {
     @Test(
-        "clones of a killed owner are removed and their QEMU killed; a live owner's clone and unrelated processes are left alone")
+        "clones of a killed owner are removed and their QEMU and passt killed; a live owner's clone and unrelated processes are left alone"
+    )
     func reapsOrphans() async throws {
         try await withTemporaryDirectory { directory in
             let bundle = try BundleDirectory(path: try TestBundle.tinyPath())
@@ -24,9 +25,11 @@ struct ReaperTests {
                 "/usr/bin/qemu-system-x86_64",
                 ["-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-name", "mayfly-\(orphan.key)"])
             #expect(await eventually { ProcessIdentity.of(pid: qemu.pid) != nil })
+            let passt = try await PasstProcess.start(directory: orphan.networkDirectory)
             var record = try #require(orphan.record())
             record.owner = try #require(ProcessIdentity.of(pid: agent.pid))
             record.qemu = try #require(ProcessIdentity.of(pid: qemu.pid))
+            record.network = passt.identity
             try record.write(to: orphan.ownerPath)
 
             // A dead owner whose recorded "QEMU" pid now belongs to an unrelated process.
@@ -49,6 +52,7 @@ struct ReaperTests {
             #expect(reaped.first { $0.path == orphan.path }?.killedQEMU == qemu.pid)
             #expect(reaped.first { $0.path == misrecorded.path }?.killedQEMU == nil)
             #expect(await eventually { !qemu.process.isRunning }, "the orphan's QEMU was killed")
+            #expect(await eventually { passt.hasExited }, "the orphan's passt was killed")
             #expect(bystander.process.isRunning, "an unrelated process is never killed")
             #expect(!FileManager.default.fileExists(atPath: orphan.path))
             #expect(!FileManager.default.fileExists(atPath: orphan.runtimePath))
