@@ -86,6 +86,8 @@ struct ConfigurationTests {
               grace_period: 0
               lock_retry: { attempts: 3, initial: 100ms, max: 1s }
               boot_timeout: 90s
+              network: user
+              allow_host_ports: [5432, 6379]
             warm_pool: { size: 2, max_age: 10m, boot: true }
             job: { timeout: 20m, log_limit: 4MiB }
             servers:
@@ -98,6 +100,8 @@ struct ConfigurationTests {
         let configuration = try loader(["RUNNER_TOKEN": "glrt-abc"]).parse(text, file: "c.yaml", baseDirectory: "/etc/mayfly")
         #expect(configuration.workDirectory == "/etc/mayfly/work")
         #expect(configuration.shutdownTimeout == .seconds(5400))
+        #expect(configuration.vm.network.mode == .user)
+        #expect(configuration.vm.network.allowHostPorts == [5432, 6379])
         #expect(configuration.logFormat == .json)
         #expect(configuration.vm.bundle == "/etc/mayfly/bundles/tiny")
         #expect(configuration.vm.memory == .mebibytes(512))
@@ -184,6 +188,10 @@ struct ConfigurationTests {
         BadFile(yaml: "vm:\n  accelerator: hvf\n", line: 2, column: 16, mentions: ["one of auto, kvm, tcg", "'hvf'"]),
         BadFile(yaml: "vm:\n  clone: reflnk\n", line: 2, column: 10, mentions: ["did you mean 'reflink'?"]),
         BadFile(yaml: "vm: fast\n", line: 1, column: 5, mentions: ["'vm' must be a mapping"]),
+        BadFile(yaml: "vm:\n  network: isolatd\n", line: 2, column: 12, mentions: ["did you mean 'isolated'?"]),
+        BadFile(yaml: "vm:\n  allow_host_ports: 5432\n", line: 2, column: 21, mentions: ["must be a list"]),
+        BadFile(yaml: "vm:\n  allow_host_ports: [5432, 70000]\n", line: 2, column: 28, mentions: ["between 1 and 65535"]),
+        BadFile(yaml: "vm:\n  allow_host_ports: [5432, 5432]\n", line: 2, column: 28, mentions: ["port 5432 is listed twice"]),
         BadFile(
             yaml: "vm:\n  lock_retry: { attempts: 3, initial: 2s, max: 1s }\n", line: 2, column: 48,
             mentions: ["'vm.lock_retry.max'", "must not be smaller than 'initial'"]),
