@@ -2,6 +2,24 @@ import Foundation
 import MayflyTestSupport
 import Testing
 
+/// Runs git on the host for a test fixture; fails the test with git's message on error.
+@discardableResult
+func hostGit(_ arguments: [String], in directory: URL) throws -> String {
+    let output = Pipe()
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/git")
+    process.arguments = ["-c", "user.email=ci@example.com", "-c", "user.name=ci", "-c", "init.defaultBranch=main"] + arguments
+    process.currentDirectoryURL = directory
+    process.standardOutput = output
+    process.standardError = output
+    try process.run()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let text = String(decoding: data, as: UTF8.self)
+    if process.terminationStatus != 0 { throw TestBundle.Missing(description: "git \(arguments): \(text)") }
+    return text.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
 /// The Debian 12 bundle built by deploy/images/debian/build.sh: present when deploy/test.sh built
 /// it (`MAYFLY_TEST_DEBIAN=1`), or when MAYFLY_DEBIAN_BUNDLE names one.
 enum DebianBundle {
@@ -50,4 +68,89 @@ struct DebianImageTests {
             }
         }
     }
+
+    @Test(
+        "mayfly run: a GitLab job in the Debian guest clones its sources from a host-loopback git server it may reach only through allow_host_ports"
+    )
+    func gitLabJobWithSources() async throws {
+        let bundle = try #require(DebianBundle.path)
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                // A repository served over git's dumb HTTP protocol on the host's 127.0.0.1 only.
+                let source = try directory.appendingPathComponent("source").creatingDirectory()
+                try hostGit(["init", "-q"], in: source)
+                try "sources from the host\n".write(
+                    to: source.appendingPathComponent("hello.txt"), atomically: true, encoding: .utf8)
+                try hostGit(["add", "hello.txt"], in: source)
+                try hostGit(["commit", "-q", "-m", "the commit under test"], in: source)
+                let sha = try hostGit(["rev-parse", "HEAD"], in: source)
+                let served = try directory.appendingPathComponent("served").creatingDirectory()
+                try hostGit(
+                    ["clone", "-q", "--bare", source.path, served.appendingPathComponent("repo.git").path], in: directory)
+                try hostGit(["update-server-info"], in: served.appendingPathComponent("repo.git"))
+                let port = try #require(freePort())
+                let gitServer = try TestChild(
+                    "/usr/bin/python3", ["-m", "http.server", "\(port)", "--bind", "127.0.0.1", "--directory", served.path])
+                defer { gitServer.kill() }
+
+                let server = try await FakeGitLab()
+                try await server.scenario(["trace_update_interval": 1])
+                let token = directory.appendingPathComponent("gitlab.token")
+                try (FakeGitLab.runnerToken + "\n").write(to: token, atomically: true, encoding: .utf8)
+                chmod(token.path, 0o600)
+                let config = directory.appendingPathComponent("mayfly.yaml")
+                try """
+                work_dir: \(directory.path)/work
+                vm: { bundle: \(bundle), accelerator: tcg, grace_period: 0, boot_timeout: 10m, allow_host_ports: [\(port)] }
+                servers:
+                  - name: fake
+                    url: \(server.url)
+                    token_file: gitlab.token
+                    poll_interval: 500ms
+                """.write(to: config, atomically: true, encoding: .utf8)
+                let run = try MayflyProcess(["run", "--config", config.path], in: directory)
+                defer { if run.process.isRunning { kill(run.process.processIdentifier, SIGKILL) } }
+
+                let (id, _) = try await server.enqueue([
+                    "script": ["pwd", "cat hello.txt", "git log -1 --format=%s"],
+                    "variables": [["key": "GIT_STRATEGY", "value": "clone"]],
+                    "raw": [
+                        "git_info": [
+                            "repo_url": "http://127.0.0.1:\(port)/repo.git", "sha": sha, "ref": "main", "depth": 0,
+                            "refspecs": ["+refs/heads/main:refs/remotes/origin/main"],
+                        ]
+                    ],
+                ])
+                let view = try await server.waitForJob(id, states: ["success", "failed"], timeout: .seconds(600))
+                let trace = view["trace"] as? String ?? ""
+                #expect(view["state"] as? String == "success", "\(trace)\n\(run.errors)")
+                #expect(trace.contains("Getting sources: fresh clone for main"))
+                #expect(trace.contains("/builds/mayfly/mayfly-test\n"), "the job runs in CI_PROJECT_DIR")
+                #expect(trace.contains("sources from the host\n"))
+                #expect(trace.contains("the commit under test\n"))
+                kill(run.process.processIdentifier, SIGTERM)
+                #expect(await run.waitSamplingMemory().status == 0)
+                await expectNothingLeft(directory.appendingPathComponent("work"))
+                server.stop()
+            }
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released at once).
+func freePort() -> Int? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+        }
+    }
+    return bound ? Int(UInt16(bigEndian: address.sin_port)) : nil
 }
