@@ -11,8 +11,10 @@ public struct VMOptions: Sendable {
     public var gracePeriod: Duration = .seconds(5)
     public var lockRetry = LockRetryPolicy()
     public var bootTimeout: Duration = .seconds(180)
-    /// How long a guest gets to power off by itself before QEMU is made to quit.
-    public var shutdownGrace: Duration = .seconds(10)
+    /// How long a guest gets to power off by itself before QEMU is made to quit. The clone is
+    /// deleted either way, so this only lets the guest's own shutdown run when it is quick: a
+    /// systemd guest under emulation takes over 10 s, time the job's slot would stay taken.
+    public var shutdownGrace: Duration = .seconds(3)
     public var qemuExecutable = "qemu-system-x86_64"
     /// The guest's network: isolated from the host's loopback (passt) unless configured otherwise.
     public var network = GuestNetwork()
