@@ -63,9 +63,10 @@ public struct CloudInitSeed: Sendable, Equatable {
     }
 
     /// The `#cloud-config` user data. Root logs in directly (`disable_root: false`); any other
-    /// user is created with passwordless sudo. The image's own host keys are deleted and none are
-    /// generated (slow under emulation): the guest's only host key is this clone's, which the
-    /// client has pinned before the first connection. Password logins are left as the image has
+    /// user is created with passwordless sudo. The image's own host keys are deleted; given
+    /// `ssh_keys`, cloud-init generates none, so the guest's only host key is this clone's, which
+    /// the client has pinned before the first connection. (`ssh_genkeytypes: []` and `users: []`
+    /// would say the same but fail cloud-init 22.4's schema check, which warns on every boot.) Password logins are left as the image has
     /// them (setting `ssh_pwauth` makes cloud-init restart sshd while the first login may run).
     public var userData: String {
         var lines = [
@@ -74,14 +75,13 @@ public struct CloudInitSeed: Sendable, Equatable {
             "preserve_hostname: false",
             "disable_root: false",
             "ssh_deletekeys: true",
-            "ssh_genkeytypes: []",
             "ssh_keys:",
             "  ed25519_private: |",
         ]
         lines += hostPrivateKey.split(separator: "\n").map { "    " + $0 }
         lines.append("  ed25519_public: \(Self.quoted(hostPublicKey))")
         if user == "root" {
-            lines += ["users: []", "ssh_authorized_keys:", "  - \(Self.quoted(authorizedKey))"]
+            lines += ["ssh_authorized_keys:", "  - \(Self.quoted(authorizedKey))"]
         } else {
             lines += [
                 "users:",
