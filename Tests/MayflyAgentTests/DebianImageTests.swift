@@ -46,6 +46,7 @@ struct DebianImageTests {
                   - systemctl is-active ssh
                   - echo "hostname=$(hostname)"
                   - echo "cloud-init=$(cloud-init status)"
+                  - getent hosts deb.debian.org >/dev/null && echo "dns works through passt"
                   - cd /builds && git init -q demo && cd demo && git -c user.email=ci@example.com -c user.name=ci commit -q --allow-empty -m first && git log --oneline | wc -l
                   - echo "host key=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub)"
                 """.write(to: job, atomically: true, encoding: .utf8)
@@ -61,6 +62,7 @@ struct DebianImageTests {
                 #expect(run.output.contains("\nactive\n"), "sshd runs under systemd")
                 #expect(run.output.contains("hostname=mayfly-"), "the hostname came from the clone's seed")
                 #expect(run.output.contains("cloud-init=status: done"))
+                #expect(run.output.contains("dns works through passt"), "the isolated guest still resolves names")
                 // The host key the guest serves is the one Mayfly generated for the clone (and pinned).
                 let hostKey = run.output.split(separator: "\n").first { $0.hasPrefix("host key=") }.map { $0.dropFirst(9) }
                 #expect(hostKey != nil && !hostKey!.isEmpty)

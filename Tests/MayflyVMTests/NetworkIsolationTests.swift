@@ -140,6 +140,22 @@ struct NetworkIsolationTests {
         #expect(probes[0].contains(database.token), "\(probes)")
     }
 
+    @Test("a host resolver on loopback is replaced by systemd-resolved's upstreams; a reachable one is left to passt")
+    func nameservers() async throws {
+        try await withTemporaryDirectory { directory in
+            let resolv = directory.appendingPathComponent("resolv.conf").path
+            let upstream = directory.appendingPathComponent("upstream.conf").path
+            try "nameserver 10.1.2.3\nnameserver 127.0.0.1\n".write(toFile: resolv, atomically: true, encoding: .utf8)
+            try "nameserver 192.0.2.53\nnameserver 2001:db8::53\n".write(toFile: upstream, atomically: true, encoding: .utf8)
+            #expect(PasstProcess.hostNameservers(resolvConf: resolv, resolvedConf: upstream).isEmpty)
+            try "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0\n".write(
+                toFile: resolv, atomically: true, encoding: .utf8)
+            #expect(PasstProcess.hostNameservers(resolvConf: resolv, resolvedConf: upstream) == ["192.0.2.53", "2001:db8::53"])
+            let arguments = PasstProcess.arguments(socketPath: "/s", nameservers: ["192.0.2.53"])
+            #expect(arguments.suffix(2) == ["--dns", "192.0.2.53"])
+        }
+    }
+
     @Test("passt's command line keeps the gateway unmapped and forwards nothing inbound")
     func passtArguments() {
         let arguments = PasstProcess.arguments(socketPath: "/run/mayfly/x/net/passt.sock")

@@ -19,11 +19,11 @@ public struct GuestNetwork: Sendable, Equatable {
     public var passtExecutable = "passt"
 
     /// The addressing both backends give the guest (QEMU's user-network defaults), so an image
-    /// with a static configuration works with either.
+    /// with a static configuration works with either. DNS differs: QEMU's user network answers
+    /// at 10.0.2.3, passt hands out the host's own resolvers over DHCP.
     public static let guestAddress = "10.0.2.15"
     public static let prefixLength = 24
     public static let gateway = "10.0.2.2"
-    public static let nameserver = "10.0.2.3"
     /// The NIC that carries the guest's own traffic (the only one with `user`).
     public static let uplinkMAC = "52:54:00:12:34:56"
     /// With `isolated`, the second NIC: SSH from the agent comes in here (QEMU's user network,
@@ -38,9 +38,9 @@ public struct GuestNetwork: Sendable, Equatable {
 }
 
 /// Owns one passt process: the guest's way out, started before its QEMU and stopped after it.
-/// passt gives the guest the addresses of `GuestNetwork` over DHCP, forwards DNS sent to the
-/// nameserver address to the host's resolver, and (`--no-map-gw`) does not turn connections to
-/// the gateway into connections to the host's loopback. It forwards nothing inbound: SSH comes in
+/// passt gives the guest the addresses of `GuestNetwork` and the host's resolvers over DHCP,
+/// and (`--no-map-gw`) does not turn connections to the gateway into connections to the host's
+/// loopback. It forwards nothing inbound: SSH comes in
 /// on the guest's second NIC (Debian 12's passt drops inbound connections to a guest). passt
 /// drops to `nobody` when started by root, so its socket lives in a directory of its own that
 /// `nobody` may write.
@@ -58,16 +58,17 @@ public final class PasstProcess: Sendable {
     }
 
     /// passt's arguments (without the executable).
-    public static func arguments(socketPath: String) -> [String] {
-        [
+    public static func arguments(socketPath: String, nameservers: [String] = hostNameservers()) -> [String] {
+        var arguments = [
             "--foreground", "--quiet",
             "--socket", socketPath,
             "--address", GuestNetwork.guestAddress, "--netmask", "\(GuestNetwork.prefixLength)",
             "--gateway", GuestNetwork.gateway,
-            "--dns", GuestNetwork.nameserver, "--dns-forward", GuestNetwork.nameserver,
             "--no-map-gw",
             "--tcp-ports", "none", "--udp-ports", "none",
         ]
+        for nameserver in nameservers { arguments += ["--dns", nameserver] }
+        return arguments
     }
 
     /// Starts passt with its socket in `directory` (created here; handed to `nobody` when we are
@@ -119,6 +120,27 @@ public final class PasstProcess: Sendable {
         throw .networkFailed(
             what: "did not listen on \(socketPath) within \(DurationText.format(timeout))",
             detail: passt.standardErrorSummary)
+    }
+
+    /// The resolvers the guest is told about (DHCP), when passt's own choice (the host's
+    /// `/etc/resolv.conf`) would not work: a resolver on the host's loopback (systemd-resolved's
+    /// 127.0.0.53, a local dnsmasq) is out of the guest's reach, so systemd-resolved's upstream
+    /// servers are named instead. Empty: passt's default. (Debian 12's passt cannot both tell the
+    /// guest a stand-in address and forward it, so the guest talks to real resolvers.)
+    public static func hostNameservers(
+        resolvConf: String = "/etc/resolv.conf", resolvedConf: String = "/run/systemd/resolve/resolv.conf"
+    ) -> [String] {
+        func nameservers(_ path: String) -> [String] {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+            return text.split(separator: "\n").compactMap { line in
+                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                return fields.count >= 2 && fields[0] == "nameserver" ? String(fields[1]) : nil
+            }
+        }
+        func isLoopback(_ address: String) -> Bool { address.hasPrefix("127.") || address == "::1" }
+        let configured = nameservers(resolvConf)
+        guard !configured.isEmpty, configured.allSatisfy(isLoopback) else { return [] }
+        return nameservers(resolvedConf).filter { !isLoopback($0) }
     }
 
     /// The first parent directory that `nobody` cannot pass through (no search bit for others).
