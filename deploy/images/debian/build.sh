@@ -2,10 +2,13 @@
 # Build Mayfly's Debian 12 (bookworm) golden bundle with debootstrap, from Debian's packages only.
 #
 #   deploy/images/debian/build.sh [--out DIR] [--cache DIR] [--mirror URL] [--kernel cloud|generic]
-#                                 [--no-tuning]
+#                                 [--no-tuning] [--cloud-image FILE]
 #
 # Output (default .images/debian-12, relative to the repo root):
 #   vmlinuz, initrd.img, disk.qcow2 (4 GiB unpartitioned ext4, root=/dev/vda), bundle.yaml
+# --cloud-image FILE also writes FILE from the same root file system: a 4 GiB qcow2 laid out like a
+#   distribution's UEFI cloud image (GPT, ESP with systemd-boot + kernel + initrd, ext4 root by
+#   PARTUUID), for `mayfly bundle import NAME --cloud-image FILE`.
 # The cache (default .images/cache/debian) keeps downloaded .debs and apt lists for rebuilds.
 # Needs root (debootstrap, chroot, mount). See README.md next to this script.
 set -euo pipefail
@@ -29,6 +32,7 @@ mirror=http://deb.debian.org/debian
 security_mirror=http://deb.debian.org/debian-security
 kernel_flavour=cloud
 tuning=1
+cloud_image=
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=${2:?--out needs a directory}; shift 2 ;;
@@ -40,7 +44,9 @@ while [ $# -gt 0 ]; do
         --kernel) kernel_flavour=${2:?--kernel needs cloud or generic}; shift 2 ;;
         --kernel=*) kernel_flavour=${1#*=}; shift ;;
         --no-tuning) tuning=0; shift ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --cloud-image) cloud_image=${2:?--cloud-image needs a file name}; shift 2 ;;
+        --cloud-image=*) cloud_image=${1#*=}; shift ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -55,12 +61,20 @@ case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
 case "$cache" in /*) ;; *) cache="$PWD/$cache" ;; esac
 out=${out%/}; cache=${cache%/}
 case "$out$cache" in *[[:space:]]*) die "--out and --cache must not contain whitespace" ;; esac
+if [ -n "$cloud_image" ]; then
+    case "$cloud_image" in /*) ;; *) cloud_image="$PWD/$cloud_image" ;; esac
+    case "$cloud_image" in *[[:space:]]*) die "--cloud-image must not contain whitespace" ;; esac
+    case "$cloud_image" in */) die "--cloud-image needs a file name, not a directory" ;; esac
+    [ ! -d "$cloud_image" ] || die "--cloud-image $cloud_image is a directory"
+    case "$cloud_image/" in "$out"/*) die "--cloud-image must not be inside the bundle directory $out" ;; esac
+fi
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot and mount need it)"
 
 # Kernel command line. root is the whole first virtio disk (no partition table); the NoCloud seed
 # is the second virtio disk (/dev/vdb). See README.md for what each option buys under TCG.
-cmdline="root=/dev/vda rw console=ttyS0"
-[ "$tuning" = 0 ] || cmdline+=" quiet mitigations=off init_on_alloc=0 fsck.mode=skip"
+cmdline_tuning=
+[ "$tuning" = 0 ] || cmdline_tuning=" quiet mitigations=off init_on_alloc=0 fsck.mode=skip"
+cmdline="root=/dev/vda rw console=ttyS0$cmdline_tuning"
 disk_size=4G
 # Packages on top of debootstrap's minbase (Depends only, never Recommends).
 packages=(
@@ -115,6 +129,12 @@ ensure_tools() {
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
     done
     [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+    if [ -n "$cloud_image" ]; then  # FAT in a file, files into it, GPT on a file (no loop device)
+        for pair in mkfs.vfat:dosfstools mmd:mtools mcopy:mtools mdir:mtools sfdisk:fdisk dd:coreutils; do
+            cmd=${pair%%:*}; pkg=${pair#*:}
+            command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+        done
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
         apt_update_once
@@ -159,11 +179,13 @@ work=$(mktemp -d "$out_parent/.$name-work.XXXXXX")
 stage="$work/bundle"
 mkdir -p "$stage"
 old=
+cloud_tmp=
 cleanup() {
     set +e
     umount_under "$work"
     [ -z "$(mounted_under "$work")" ] && rm -rf --one-file-system "$work"
     [ -n "$old" ] && rm -rf "$old"
+    [ -n "$cloud_tmp" ] && rm -f "$cloud_tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
@@ -255,6 +277,21 @@ log "apt-get install $pkgs"
 # shellcheck disable=SC2086
 in_apt install $pkgs
 in_apt autoremove --purge
+if [ -n "$cloud_image" ]; then
+    # systemd-boot for the cloud image's ESP, from the same suite as the image. Only downloaded (into
+    # the .deb cache), never installed: the root file system stays the same as without --cloud-image.
+    log "downloading systemd-boot-efi (--cloud-image; not installed in the image)"
+    in_apt install --download-only systemd-boot-efi
+    sdboot_ver=$(in_root apt-cache show --no-all-versions systemd-boot-efi | sed -n 's/^Version: //p' | head -n1)
+    sdboot_deb=/var/cache/apt/archives/systemd-boot-efi_${sdboot_ver//:/%3a}_amd64.deb
+    [ -n "$sdboot_ver" ] && [ -f "$root$sdboot_deb" ] || die "systemd-boot-efi $sdboot_ver was not downloaded ($sdboot_deb)"
+    in_root sh -c 'dpkg-deb --fsys-tarfile "$1" | tar -xOf - ./usr/lib/systemd/boot/efi/systemd-bootx64.efi' _ "$sdboot_deb" \
+        > "$work/systemd-bootx64.efi" || die "no systemd-bootx64.efi in $sdboot_deb"
+    [ "$(head -c 2 "$work/systemd-bootx64.efi")" = MZ ] || die "systemd-bootx64.efi from $sdboot_deb is not a PE image"
+    [ "$(in_root dpkg-query -W -f='${db:Status-Status}' systemd-boot-efi 2>/dev/null || true)" != installed ] \
+        || die "systemd-boot-efi got installed in the image"
+    log "systemd-boot-efi $sdboot_ver: systemd-bootx64.efi $(stat -c %s "$work/systemd-bootx64.efi") bytes"
+fi
 umount "$root/var/lib/apt/lists" "$root/var/cache/apt/archives"
 log "installed: $(in_root dpkg-query -W -f='.\n' | wc -l) packages"
 
@@ -270,6 +307,13 @@ for m in virtio_pci virtio_blk ext4; do
     if printf '%s\n' "$builtin" | grep -qE "/$m\.ko\$"; then continue; fi
     die "initramfs for $kver has no $m (neither a module in it nor built into the kernel)"
 done
+if [ -n "$cloud_image" ]; then
+    # The cloud image's root is a partition named by PARTUUID: the initramfs resolves root= with
+    # blkid (scripts/functions: resolve_device), so blkid and that code must be in it.
+    grep -qE '^(usr/)?s?bin/blkid$' "$work/initrd.list" || die "initramfs for $kver has no blkid (needed for root=PARTUUID=)"
+    grep -q 'PARTUUID=\*' "$root/usr/share/initramfs-tools/scripts/functions" \
+        || die "initramfs-tools' resolve_device does not handle PARTUUID="
+fi
 cp "$root/boot/vmlinuz-$kver" "$stage/vmlinuz"
 cp "$root/boot/initrd.img-$kver" "$stage/initrd.img"
 log "kernel $kver: vmlinuz $(stat -c %s "$stage/vmlinuz") bytes, initrd.img $(stat -c %s "$stage/initrd.img") bytes"
@@ -383,6 +427,98 @@ log "qemu-img convert -O qcow2"
 qemu-img convert -q -f raw -O qcow2 "$work/disk.raw" "$stage/disk.qcow2"
 rm -f "$work/disk.raw"
 
+# 8. (--cloud-image) the same tree as a UEFI cloud image, without loop devices or mounts:
+#    GPT on a sparse raw file (sfdisk), the ESP (FAT32, mkfs.vfat + mtools) and the ext4 root
+#    (mkfs.ext4 -d) made as files and dd'ed into place, then an uncompressed qcow2. The layout follows
+#    Debian's and Ubuntu's cloud images: ESP is partition 15 at 1 MiB, root is partition 1 after it,
+#    up to the end of the disk (so a grown disk can grow it). See README.md.
+build_cloud_image() {
+    local c="$work/cloud" esp_mib=127 root_start_mib=128 root_start root_size
+    local disk_guid esp_partuuid root_partuuid root_fsuuid esp_volid cloud_cmdline disk_bytes
+    mkdir -p "$c"
+    disk_guid=$(cat /proc/sys/kernel/random/uuid)
+    esp_partuuid=$(cat /proc/sys/kernel/random/uuid)
+    root_partuuid=$(cat /proc/sys/kernel/random/uuid)
+    root_fsuuid=$(cat /proc/sys/kernel/random/uuid)
+    esp_volid=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
+    cloud_cmdline="root=PARTUUID=$root_partuuid rw console=ttyS0$cmdline_tuning"
+
+    log "cloud image: GPT (sfdisk) on a sparse $disk_size raw file"
+    truncate -s "$disk_size" "$c/disk.raw"
+    disk_bytes=$(stat -c %s "$c/disk.raw")
+    sfdisk -q --no-reread --no-tell-kernel "$c/disk.raw" > "$c/sfdisk.log" 2>&1 <<EOF || { cat "$c/sfdisk.log" >&2; die "sfdisk failed"; }
+label: gpt
+label-id: $disk_guid
+unit: sectors
+first-lba: 2048
+$c/disk.raw15 : start=2048, size=$(( esp_mib * 2048 )), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$esp_partuuid, name="EFI System Partition"
+$c/disk.raw1 : start=$(( root_start_mib * 2048 )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$root_partuuid, name="root"
+EOF
+    # sfdisk aligns the end of the last partition; take its real size from the table.
+    read -r root_start root_size < <(sfdisk -d "$c/disk.raw" | sed -n 's|^.*disk\.raw1 : start= *\([0-9]*\), size= *\([0-9]*\),.*|\1 \2|p')
+    [ "${root_start:-0}" = $(( root_start_mib * 2048 )) ] && [ "${root_size:-0}" -gt 0 ] \
+        || die "unexpected partition table: $(sfdisk -d "$c/disk.raw" | tr '\n' ' ')"
+
+    # The ESP: systemd-boot as the removable-media boot path, kernel + initrd, one entry.
+    printf 'timeout 0\ndefault debian.conf\neditor no\n' > "$c/loader.conf"
+    {
+        echo "title Debian 12 (Mayfly)"
+        echo "linux /debian/vmlinuz"
+        echo "initrd /debian/initrd.img"
+        echo "options $cloud_cmdline"
+    } > "$c/debian.conf"
+    mkfs.vfat -F 32 -n ESP -i "$esp_volid" -C "$c/esp.img" $(( esp_mib * 1024 )) > "$c/mkfs.vfat.log" 2>&1 \
+        || { cat "$c/mkfs.vfat.log" >&2; die "mkfs.vfat failed"; }
+    (
+        export MTOOLS_SKIP_CHECK=1
+        mmd -i "$c/esp.img" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/debian
+        mcopy -i "$c/esp.img" "$work/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+        mcopy -i "$c/esp.img" "$c/loader.conf" ::/loader/loader.conf
+        mcopy -i "$c/esp.img" "$c/debian.conf" ::/loader/entries/debian.conf
+        mcopy -i "$c/esp.img" "$stage/vmlinuz" ::/debian/vmlinuz
+        mcopy -i "$c/esp.img" "$stage/initrd.img" ::/debian/initrd.img
+    ) || die "mtools could not fill the ESP"
+
+    # The root: the same tree with an fstab that names the partition (the seed is another virtio
+    # disk, and the ESP is not mounted). The kernel-boot disk above is already made.
+    cat > "$root/etc/fstab" <<EOF
+# Mayfly cloud image: root is the ext4 partition 1, by PARTUUID (device names are not stable: the
+# NoCloud seed is another virtio disk). The ESP (partition 15: systemd-boot, kernel, initrd) is not mounted.
+PARTUUID=$root_partuuid  /  ext4  rw,errors=remount-ro  0  0
+EOF
+    truncate -s $(( root_size * 512 )) "$c/root.img"
+    mkfs.ext4 -q -F -L mayfly-root -U "$root_fsuuid" -d "$root" "$c/root.img" >&2
+
+    log "cloud image: dd the ESP and the root into place, qemu-img convert -O qcow2"
+    # iflag=direct: the root file is ~4 GiB of mostly holes; read through the page cache, every hole
+    # page gets allocated and zeroed (2-9 s here), with O_DIRECT it takes ~1 s. Both sizes are MiB
+    # multiples, as O_DIRECT needs. Falls back to buffered reads where O_DIRECT is not supported.
+    place() {  # place FILE START_MIB
+        dd if="$1" of="$c/disk.raw" bs=1M seek="$2" conv=notrunc,sparse iflag=direct status=none 2>/dev/null \
+            || dd if="$1" of="$c/disk.raw" bs=1M seek="$2" conv=notrunc,sparse status=none \
+            || die "dd $1 into the cloud image failed"
+    }
+    place "$c/esp.img" 1
+    place "$c/root.img" "$root_start_mib"
+    rm -f "$c/esp.img" "$c/root.img"
+    [ "$(stat -c %s "$c/disk.raw")" = "$disk_bytes" ] \
+        || die "the cloud image's raw file changed size (a file system is larger than its partition)"
+    sfdisk -q -V "$c/disk.raw" > "$c/verify.log" 2>&1 || { cat "$c/verify.log" >&2; die "sfdisk --verify failed on the cloud image"; }
+    qemu-img convert -q -f raw -O qcow2 "$c/disk.raw" "$c/cloud.qcow2"
+    rm -f "$c/disk.raw"
+    chmod 0444 "$c/cloud.qcow2"
+    # Next to FILE, so that the final rename is atomic.
+    cloud_tmp=$(mktemp "$(dirname "$cloud_image")/.$(basename "$cloud_image").XXXXXX")
+    mv -f "$c/cloud.qcow2" "$cloud_tmp"
+    log "cloud image ready to move: root=PARTUUID=$root_partuuid, ext4 UUID $root_fsuuid, ESP ${esp_mib} MiB"
+}
+if [ -n "$cloud_image" ]; then
+    mkdir -p "$(dirname "$cloud_image")"
+    t_cloud=$(elapsed)
+    build_cloud_image
+    t_cloud=$(awk -v a="$t_cloud" -v b="$(elapsed)" 'BEGIN{printf "%.1f", b-a}')
+fi
+
 {
     echo "# Mayfly golden bundle (built by deploy/images/debian/build.sh)"
     echo "format: 1"
@@ -418,6 +554,15 @@ if [ -e "$out" ] || [ -L "$out" ]; then
     mv "$out" "$old/"
 fi
 mv "$stage" "$out"
+if [ -n "$cloud_image" ]; then
+    mv -f "$cloud_tmp" "$cloud_image"
+    cloud_tmp=
+fi
 sizes=$(qemu-img info --output=json "$out/disk.qcow2" | tr -d ' \n' \
     | sed -n 's/.*"virtual-size":\([0-9]*\).*"actual-size":\([0-9]*\).*/\1 \2/p; s/.*"actual-size":\([0-9]*\).*"virtual-size":\([0-9]*\).*/\2 \1/p' | head -n1)
 log "bundle ready: $out (disk.qcow2: virtual $(( ${sizes% *} / 1048576 )) MiB, allocated $(( ${sizes#* } / 1048576 )) MiB; bundle $(du -sh "$out" | cut -f1) on disk)"
+if [ -n "$cloud_image" ]; then
+    sizes=$(qemu-img info --output=json "$cloud_image" | tr -d ' \n' \
+        | sed -n 's/.*"virtual-size":\([0-9]*\).*"actual-size":\([0-9]*\).*/\1 \2/p; s/.*"actual-size":\([0-9]*\).*"virtual-size":\([0-9]*\).*/\2 \1/p' | head -n1)
+    log "cloud image ready: $cloud_image (qcow2: virtual $(( ${sizes% *} / 1048576 )) MiB, allocated $(( ${sizes#* } / 1048576 )) MiB; made in $t_cloud s)"
+fi

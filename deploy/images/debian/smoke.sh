@@ -2,11 +2,14 @@
 # Boot a Mayfly Debian bundle once under TCG, the way Mayfly does, and check it.
 #
 #   deploy/images/debian/smoke.sh [--timeout SECONDS] [--analyze] [--keep] [BUNDLE_DIR]
+#   deploy/images/debian/smoke.sh [--timeout SECONDS] [--analyze] [--keep] --cloud-image FILE
 #
 # BUNDLE_DIR defaults to .images/debian-12 in the repo root. Makes a qcow2 overlay clone, a fresh
 # login key and host key, a NoCloud seed (cloud-localds) and boots with the bundle's cmdline; then
 # pins the host key, runs checks over SSH and prints timings from QEMU start. --analyze also prints
 # systemd-analyze and cloud-init analyze output; --keep keeps the temp dir (console.log) on exit.
+# --cloud-image boots FILE (build.sh --cloud-image) the way `mayfly bundle import --cloud-image`
+# does: OVMF with a copy of OVMF_VARS_4M.fd, the disk's own boot loader, root user, 2 CPUs, 1 GiB.
 # MAYFLY_SMOKE_QEMU_ARGS: extra QEMU arguments (word-split), e.g. "-smp 1".
 set -euo pipefail
 
@@ -26,25 +29,36 @@ timeout_s=300
 analyze=0
 keep=0
 bundle=
+cloud_image=
+ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
+ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
 while [ $# -gt 0 ]; do
     case "$1" in
         --timeout) timeout_s=${2:?}; shift 2 ;;
         --analyze) analyze=1; shift ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --cloud-image) cloud_image=${2:?--cloud-image needs a file}; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option $1" ;;
         *) bundle=$1; shift ;;
     esac
 done
-[ -n "$bundle" ] || bundle="$repo_root/.images/debian-12"
-[ -f "$bundle/bundle.yaml" ] || die "no bundle.yaml in $bundle (build it with deploy/images/debian/build.sh)"
-bundle=$(cd "$bundle" && pwd -P)
+if [ -n "$cloud_image" ]; then
+    [ -z "$bundle" ] || die "give either BUNDLE_DIR or --cloud-image, not both"
+    [ -f "$cloud_image" ] || die "no cloud image $cloud_image (build it with build.sh --cloud-image FILE)"
+    cloud_image=$(cd "$(dirname "$cloud_image")" && pwd -P)/$(basename "$cloud_image")
+else
+    [ -n "$bundle" ] || bundle="$repo_root/.images/debian-12"
+    [ -f "$bundle/bundle.yaml" ] || die "no bundle.yaml in $bundle (build it with deploy/images/debian/build.sh)"
+    bundle=$(cd "$bundle" && pwd -P)
+fi
 
 missing=()
 for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils cloud-localds:cloud-image-utils \
             ssh-keygen:openssh-client ssh:openssh-client; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+if [ -n "$cloud_image" ] && { [ ! -f "$ovmf_code" ] || [ ! -f "$ovmf_vars" ]; }; then missing+=(ovmf); fi
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing host packages: ${missing[*]}"
     say "installing ${missing[*]}"
@@ -66,14 +80,24 @@ yget() {
         }
     ' "$bundle/bundle.yaml"
 }
-[ "$(yget boot.mode)" = kernel ] || die "boot.mode is not kernel"
-kernel=$(yget boot.kernel); initrd=$(yget boot.initrd); cmdline=$(yget boot.cmdline)
-disk=$(yget disk.file); memory=$(yget defaults.memory); cpus=$(yget defaults.cpus); user=$(yget guest.user)
-workdir=$(yget guest.workdir)
-case "$memory" in *GiB) mem_mib=$(( ${memory%GiB} * 1024 )) ;; *MiB) mem_mib=${memory%MiB} ;; *) die "memory '$memory'" ;; esac
+if [ -n "$cloud_image" ]; then
+    # What `mayfly bundle import NAME --cloud-image FILE` makes: UEFI (the disk has an ESP), root,
+    # 2 CPUs, 1 GiB, cloud-init; the workspace is the image's /builds.
+    disk_path=$cloud_image
+    disk_format=$(qemu-img info --output=json "$disk_path" | tr -d ' \n' | sed -n 's/.*"format":"\([a-z0-9]*\)".*/\1/p')
+    [ -n "$disk_format" ] || die "qemu-img info cannot read $disk_path"
+    cpus=2; mem_mib=1024; user=root; workdir=/builds
+else
+    [ "$(yget boot.mode)" = kernel ] || die "boot.mode is not kernel"
+    kernel=$(yget boot.kernel); initrd=$(yget boot.initrd); cmdline=$(yget boot.cmdline)
+    disk=$(yget disk.file); memory=$(yget defaults.memory); cpus=$(yget defaults.cpus); user=$(yget guest.user)
+    workdir=$(yget guest.workdir)
+    case "$memory" in *GiB) mem_mib=$(( ${memory%GiB} * 1024 )) ;; *MiB) mem_mib=${memory%MiB} ;; *) die "memory '$memory'" ;; esac
+    disk_path=$bundle/$disk; disk_format=qcow2
 
-(cd "$bundle" && awk '/^files:/{f=1; next} /^[^ ]/{f=0} f && NF==2 {k=$1; sub(/:$/, "", k); print $2 "  " k}' bundle.yaml \
-    | sha256sum --quiet -c -) || die "bundle checksums do not match bundle.yaml"
+    (cd "$bundle" && awk '/^files:/{f=1; next} /^[^ ]/{f=0} f && NF==2 {k=$1; sub(/:$/, "", k); print $2 "  " k}' bundle.yaml \
+        | sha256sum --quiet -c -) || die "bundle checksums do not match bundle.yaml"
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mayfly-debian-smoke.XXXXXX")
 qpid=
@@ -90,7 +114,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # Per-clone state: overlay, keys, NoCloud seed.
-qemu-img create -q -f qcow2 -b "$bundle/$disk" -F qcow2 "$tmp/overlay.qcow2"
+qemu-img create -q -f qcow2 -b "$disk_path" -F "$disk_format" "$tmp/overlay.qcow2"
+[ -z "$cloud_image" ] || cp "$ovmf_vars" "$tmp/OVMF_VARS_4M.fd"
 ssh-keygen -q -t ed25519 -N '' -C mayfly-smoke-login -f "$tmp/login"
 ssh-keygen -q -t ed25519 -N '' -C mayfly-smoke-host -f "$tmp/host"
 vmname="mayfly-smoke-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
@@ -113,12 +138,25 @@ cloud-localds "$tmp/seed.img" "$tmp/user-data" "$tmp/meta-data"
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_qemu() {
+    if [ -n "$cloud_image" ]; then start_qemu_uefi; return; fi
     qemu-system-x86_64 -name "$vmname" -accel tcg -cpu max -machine q35 -smp "${cpus:-2}" -m "$mem_mib" \
         -nodefaults -nographic -serial "file:$tmp/console.log" \
         -kernel "$bundle/$kernel" -initrd "$bundle/$initrd" -append "$cmdline" \
         -drive "file=$tmp/overlay.qcow2,if=virtio,format=qcow2" \
         -drive "file=$tmp/seed.img,if=virtio,format=raw,readonly=on" \
         -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
+        ${MAYFLY_SMOKE_QEMU_ARGS:-} > "$tmp/qemu.log" 2>&1 &
+    qpid=$!
+}
+start_qemu_uefi() {  # as Mayfly boots a UEFI bundle (QEMUCommandLine): -no-reboot makes a reset fatal
+    qemu-system-x86_64 -name "$vmname" -accel tcg -cpu max -machine q35 -smp "$cpus" -m "$mem_mib" \
+        -nodefaults -display none -no-reboot \
+        -drive "if=pflash,format=raw,unit=0,readonly=on,file=$ovmf_code" \
+        -drive "if=pflash,format=raw,unit=1,file=$tmp/OVMF_VARS_4M.fd" \
+        -drive "file=$tmp/overlay.qcow2,if=none,id=disk0,format=qcow2" -device virtio-blk-pci,drive=disk0 \
+        -drive "file=$tmp/seed.img,if=none,id=seed0,format=raw,readonly=on" -device virtio-blk-pci,drive=seed0 \
+        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
+        -serial "file:$tmp/console.log" \
         ${MAYFLY_SMOKE_QEMU_ARGS:-} > "$tmp/qemu.log" 2>&1 &
     qpid=$!
 }
@@ -159,8 +197,8 @@ say "SSH banner after $t_banner s (QEMU CPU $c_banner s)"
 tries=0
 while :; do
     alive; deadline "no successful ssh command"
-    if out=$(gssh 'echo mayfly-ok' 2>"$tmp/ssh.err"); then
-        [ "$out" = mayfly-ok ] && break
+    if out=$(gssh 'echo mayfly-ok; cut -d" " -f1 /proc/uptime' 2>"$tmp/ssh.err"); then
+        [ "${out%%$'\n'*}" = mayfly-ok ] && break
     fi
     tries=$((tries + 1))
     grep -q 'Host key verification failed\|REMOTE HOST IDENTIFICATION HAS CHANGED' "$tmp/ssh.err" \
@@ -168,7 +206,9 @@ while :; do
     sleep 0.5
 done
 t_ssh=$(since "$t_start"); c_ssh=$(qcpu)
-say "first ssh command after $t_ssh s ($tries failed attempts before)"
+guest_up=${out#*$'\n'}
+say "first ssh command after $t_ssh s ($tries failed attempts before); guest uptime then $guest_up s," \
+    "so ≈$(awk -v a="$t_ssh" -v b="$guest_up" 'BEGIN{printf "%.1f", a-b}') s went by before the kernel's clock started"
 
 # 3. cloud-init done.
 ci=$(gssh 'cloud-init status --wait --long' 2>&1) || { printf '%s\n' "$ci" >&2; die "cloud-init status --wait failed"; }
@@ -188,12 +228,38 @@ case "${L[0]}" in "git version "*) ;; *) die "git --version: ${L[0]}" ;; esac
 [ "${L[1]}" = active ] || die "ssh is not active: ${L[1]}"
 [ "${L[2]}" = running ] || say "WARNING: systemctl is-system-running says '${L[2]}'"
 [ "${L[3]}" = "$vmname" ] && [ "${L[4]}" = "$vmname" ] || die "hostname is not $vmname"
-case "${L[5]}" in "/dev/vda ext4 rw"*) ;; *) die "root is not /dev/vda ext4 rw: ${L[5]}" ;; esac
+if [ -n "$cloud_image" ]; then
+    case "${L[5]}" in /dev/vd[a-z][0-9]*" ext4 rw"*) ;; *) die "root is not an ext4 partition mounted rw: ${L[5]}" ;; esac
+else
+    case "${L[5]}" in "/dev/vda ext4 rw"*) ;; *) die "root is not /dev/vda ext4 rw: ${L[5]}" ;; esac
+fi
 [ "${L[6]}" = "root 755" ] || die "$workdir is not root 0755: ${L[6]}"
 [ "${L[7]}" = /etc/ssh/ssh_host_ed25519_key ] && [ "${L[8]}" = /etc/ssh/ssh_host_ed25519_key.pub ] \
     || die "unexpected host keys: ${L[7]} ${L[8]}"
 [ ${#L[9]} = 32 ] || die "machine-id not set: ${L[9]}"
 printf '%s\n' "$out" | grep -qx sudo-ok || die "sudo does not work"
+if [ -n "$cloud_image" ]; then
+    # Booted through UEFI; root= names the partition that is mounted on /, and fstab agrees; the
+    # root partition is on the first virtio disk, the seed on the second.
+    uefi=$(gssh 'set -e; src=$(findmnt -n -r -o SOURCE /); dev=${src#/dev/}; disk=${dev%%[0-9]*}
+        [ -d /sys/firmware/efi ] && echo efi
+        tr " " "\n" < /proc/cmdline | sed -n "s/^root=//p"
+        echo "PARTUUID=$(blkid -s PARTUUID -o value "$src")"
+        awk "\$2 == \"/\" { print \$1 }" /etc/fstab
+        cat "/sys/class/block/$dev/partition"; echo "$disk"
+        readlink -f /dev/disk/by-label/cidata
+        f=/sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+        [ ! -f $f ] || echo "boot loader: $(cat $f | tail -c +5 | tr -d "\000")"' 2>&1) \
+        || { printf '%s\n' "$uefi" >&2; die "UEFI/root check command failed"; }
+    printf '%s\n' "$uefi" | sed 's/^/  | /' >&2
+    mapfile -t U <<<"$uefi"
+    [ "${U[0]}" = efi ] || die "not booted through UEFI (no /sys/firmware/efi)"
+    case "${U[1]}" in PARTUUID=*|UUID=*) ;; *) die "root= on the kernel command line is '${U[1]}', not PARTUUID=/UUID=" ;; esac
+    [ "${U[1],,}" = "${U[2],,}" ] || die "root= (${U[1]}) is not the mounted root partition (${U[2]})"
+    [ "${U[3],,}" = "${U[2],,}" ] || die "fstab names '${U[3]}' for /, not the root partition ${U[2]}"
+    [ "${U[5]}" = vda ] || die "the root partition is on ${U[5]}, not on the first virtio disk"
+    [ "${U[6]}" = /dev/vdb ] || die "the NoCloud seed is ${U[6]}, not /dev/vdb"
+fi
 guest_key=$(gssh 'cut -d" " -f1,2 /etc/ssh/ssh_host_ed25519_key.pub')
 [ "$guest_key" = "$(cut -d' ' -f1,2 "$tmp/host.pub")" ] || die "guest host key is not the seeded one"
 
@@ -212,6 +278,10 @@ fi
 
 if [ "$analyze" = 1 ]; then
     gssh 'echo "## cloud-init schema --system"; cloud-init schema --system 2>&1 | tail -n 8
+          for v in LoaderTimeInitUSec LoaderTimeExecUSec LoaderDevicePartUUID; do
+              f=/sys/firmware/efi/efivars/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+              [ ! -f $f ] || echo "## efivar $v: $(cat $f | tail -c +5 | tr -d "\000")"
+          done
           echo "## systemd-analyze"; systemd-analyze; systemd-analyze blame | head -n 40
           systemd-analyze critical-chain ssh.service | tail -n +3
           echo "## cloud-init analyze"; cloud-init analyze show 2>/dev/null | grep -E "^(Finished stage|Total Time)"
