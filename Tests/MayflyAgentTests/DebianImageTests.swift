@@ -29,6 +29,15 @@ enum DebianBundle {
         guard environment["MAYFLY_TEST_DEBIAN"] == "1" else { return nil }
         return repositoryRoot.appendingPathComponent(".images/debian-12").path
     }
+
+    /// The same system laid out as a UEFI cloud image (GPT, EFI system partition, systemd-boot),
+    /// written by `build.sh --cloud-image`: what `mayfly bundle import --cloud-image` takes.
+    static var cloudImage: String? {
+        let environment = ProcessInfo.processInfo.environment
+        if let path = environment["MAYFLY_DEBIAN_CLOUD_IMAGE"] { return path }
+        guard environment["MAYFLY_TEST_DEBIAN"] == "1" else { return nil }
+        return repositoryRoot.appendingPathComponent(".images/debian-12-cloud.qcow2").path
+    }
 }
 
 @Suite("A stock-style Debian 12 image", .serialized, .enabled(if: DebianBundle.path != nil, "set MAYFLY_TEST_DEBIAN=1"))
@@ -66,6 +75,34 @@ struct DebianImageTests {
                 // The host key the guest serves is the one Mayfly generated for the clone (and pinned).
                 let hostKey = run.output.split(separator: "\n").first { $0.hasPrefix("host key=") }.map { $0.dropFirst(9) }
                 #expect(hostKey != nil && !hostKey!.isEmpty)
+                await expectNothingLeft(directory.appendingPathComponent("work"))
+            }
+        }
+    }
+
+    @Test("bundle import --cloud-image: a UEFI cloud image is detected, imported and runs a job under OVMF with its seed")
+    func importedCloudImage() async throws {
+        let image = try #require(DebianBundle.cloudImage)
+        #expect(FileManager.default.fileExists(atPath: image), "build it with deploy/images/debian/build.sh --cloud-image")
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                let config = try execConfig(directory, vm: "{ accelerator: tcg, grace_period: 0, boot_timeout: 10m }")
+                let imported = try MayflyProcess(
+                    ["bundle", "import", "--config", config, "cloud", "--cloud-image", image], in: directory)
+                #expect(await imported.waitSamplingMemory().status == 0, "\(imported.errors)")
+                #expect(imported.output.contains("boot uefi, provision cloud-init"), "\(imported.output)")
+                let job = directory.appendingPathComponent("job.yml")
+                try
+                    "script:\n  - findmnt -rno FSTYPE /\n  - test -d /sys/firmware/efi && echo booted-by-uefi\n  - git --version\n"
+                    .write(to: job, atomically: true, encoding: .utf8)
+                let run = try MayflyProcess(
+                    ["exec", "--config", config, job.path, "--bundle", "cloud"],
+                    in: directory.appendingPathComponent("run").creatingDirectory())
+                let (status, _) = await run.waitSamplingMemory()
+                #expect(status == 0, "\(run.output)\n\(run.errors)")
+                #expect(run.output.contains("\next4\n"))
+                #expect(run.output.contains("booted-by-uefi"))
+                #expect(run.output.contains("git version 2."))
                 await expectNothingLeft(directory.appendingPathComponent("work"))
             }
         }

@@ -431,7 +431,7 @@ rm -f "$work/disk.raw"
 #    GPT on a sparse raw file (sfdisk), the ESP (FAT32, mkfs.vfat + mtools) and the ext4 root
 #    (mkfs.ext4 -d) made as files and dd'ed into place, then an uncompressed qcow2. The layout follows
 #    Debian's and Ubuntu's cloud images: ESP is partition 15 at 1 MiB, root is partition 1 after it,
-#    up to the end of the disk (so a grown disk can grow it). See README.md.
+#    up to the end of the disk (where growpart could grow it; this image has no growpart). See README.md.
 build_cloud_image() {
     local c="$work/cloud" esp_mib=127 root_start_mib=128 root_start root_size
     local disk_guid esp_partuuid root_partuuid root_fsuuid esp_volid cloud_cmdline disk_bytes

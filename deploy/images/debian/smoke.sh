@@ -249,7 +249,8 @@ if [ -n "$cloud_image" ]; then
         cat "/sys/class/block/$dev/partition"; echo "$disk"
         readlink -f /dev/disk/by-label/cidata
         f=/sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
-        [ ! -f $f ] || echo "boot loader: $(cat $f | tail -c +5 | tr -d "\000")"' 2>&1) \
+        [ ! -f $f ] || echo "boot loader: $(cat $f | tail -c +5 | tr -d "\000")"
+        echo "vfat/autofs mounts: $(findmnt -rn -t vfat,autofs -o TARGET | tr "\n" " ")"' 2>&1) \
         || { printf '%s\n' "$uefi" >&2; die "UEFI/root check command failed"; }
     printf '%s\n' "$uefi" | sed 's/^/  | /' >&2
     mapfile -t U <<<"$uefi"
@@ -282,6 +283,7 @@ if [ "$analyze" = 1 ]; then
               f=/sys/firmware/efi/efivars/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
               [ ! -f $f ] || echo "## efivar $v: $(cat $f | tail -c +5 | tr -d "\000")"
           done
+          echo "## kernel"; dmesg | grep -E "Run /init|EXT4-fs \(vd|systemd\[1\]: systemd [0-9]|clocksource: Switched|efi: EFI v" | head -n 8
           echo "## systemd-analyze"; systemd-analyze; systemd-analyze blame | head -n 40
           systemd-analyze critical-chain ssh.service | tail -n +3
           echo "## cloud-init analyze"; cloud-init analyze show 2>/dev/null | grep -E "^(Finished stage|Total Time)"
