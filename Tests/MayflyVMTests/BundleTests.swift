@@ -125,6 +125,24 @@ struct QEMUCommandLineTests {
         arguments.indices.filter { arguments[$0] == flag && $0 + 1 < arguments.count }.map { arguments[$0 + 1] }
     }
 
+    @Test("isolated network: passt's stream for the guest's traffic, SSH only through a restricted second NIC")
+    func isolatedNetwork() {
+        var isolated = spec(.kernel)
+        isolated.networkSocket = "/run/mayfly/k/net/passt.sock"
+        let arguments = isolated.arguments
+        #expect(
+            value(after: "-netdev", in: arguments) == [
+                "stream,id=net0,server=off,addr.type=unix,addr.path=/run/mayfly/k/net/passt.sock",
+                "user,id=net1,restrict=on,net=10.0.3.0/24,host=10.0.3.2,dhcpstart=10.0.3.15,hostfwd=tcp:127.0.0.1:40022-10.0.3.15:22",
+            ])
+        let devices = value(after: "-device", in: arguments)
+        #expect(devices.contains("virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"))
+        #expect(devices.contains("virtio-net-pci,netdev=net1,mac=52:54:00:12:34:57"))
+        #expect(
+            devices.firstIndex(of: "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56")! < devices.firstIndex(
+                of: "virtio-net-pci,netdev=net1,mac=52:54:00:12:34:57")!, "the uplink is the first NIC")
+    }
+
     @Test("kernel boot: no firmware, direct kernel, virtio disk, loopback-only SSH forward, serial to file, QMP socket")
     func kernelBoot() {
         let arguments = spec(.kernel).arguments
