@@ -1,3 +1,4 @@
+import Foundation
 import MayflyCore
 import MayflyVM
 
@@ -32,12 +33,27 @@ public struct SSHCommand: Sendable, Equatable {
             "-o", "LogLevel=ERROR",
             "-T",
         ]
+        if let controlPath = endpoint.controlPath {
+            // Through the persistent connection when its socket answers; a normal connection otherwise.
+            arguments += ["-o", "ControlMaster=no", "-o", "ControlPath=\(controlPath)"]
+        }
         if forwardingHostPorts && !endpoint.forwardedHostPorts.isEmpty {
             arguments += ["-o", "ExitOnForwardFailure=yes"]
             for port in endpoint.forwardedHostPorts { arguments += ["-R", "127.0.0.1:\(port):127.0.0.1:\(port)"] }
         }
         arguments.append("\(endpoint.user)@\(endpoint.host)")
         if let remoteCommand { arguments.append(remoteCommand) }
+        return arguments
+    }
+
+    /// The arguments for the persistent connection itself (`-M -N`: it runs no command and
+    /// serves sessions through `controlPath` until it is stopped).
+    public func masterArguments(controlPath: String) -> [String] {
+        var plain = endpoint
+        plain.controlPath = nil
+        var arguments = SSHCommand(endpoint: plain).arguments()
+        let destination = arguments.removeLast()
+        arguments += ["-M", "-N", "-o", "ControlPath=\(controlPath)", "-o", "ControlPersist=no", destination]
         return arguments
     }
 
@@ -49,5 +65,34 @@ public struct SSHCommand: Sendable, Equatable {
         try await CommandRunner.run(
             "ssh", arguments(remoteCommand: remoteCommand), environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C"],
             timeout: timeout)
+    }
+}
+
+/// Starts a persistent SSH connection to a guest (OpenSSH's ControlMaster) as a supervised
+/// child process, for a VM that waits for a job (the warm pool): the job's sessions then skip the
+/// TCP connection, key exchange and authentication. The caller hands the process to the VM
+/// (`RunningVM.attach`), which stops it before QEMU.
+public enum SSHMaster {
+    public static func start(_ endpoint: SSHEndpoint, controlPath: String, timeout: Duration = .seconds(15)) async throws
+        -> SupervisedProcess
+    {
+        let process = try await SupervisedProcess.spawn(
+            "ssh", arguments: SSHCommand(endpoint: endpoint).masterArguments(controlPath: controlPath))
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            if process.hasExited {
+                let reason = await process.wait()
+                throw GuestError.unreachable(
+                    endpoint: "\(endpoint.user)@\(endpoint.host):\(endpoint.port)",
+                    lastError: "the persistent connection \(reason): \(process.standardError.trimmingWhitespace())")
+            }
+            if FileManager.default.fileExists(atPath: controlPath) { return process }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        _ = await process.terminate()
+        throw GuestError.unreachable(
+            endpoint: "\(endpoint.user)@\(endpoint.host):\(endpoint.port)",
+            lastError: "the persistent connection did not open its control socket within \(DurationText.format(timeout))")
     }
 }

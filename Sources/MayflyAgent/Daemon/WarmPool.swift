@@ -122,10 +122,13 @@ public actor WarmPool {
             if boot {
                 let running = try await launcher.start(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime)
                 // Logged in once, so that a job on it skips the connect phase.
+                // A persistent connection then lets the job's first session skip the handshake.
                 do {
                     _ = try await GuestConnection.waitUntilReady(
                         running.machine.ssh, timeout: launcher.options.bootTimeout,
                         cloudInit: running.machine.bundle.manifest.guest.provision == .cloudInit)
+                    let master = try await SSHMaster.start(running.machine.ssh, controlPath: running.controlSocketPath)
+                    running.attach(master, controlPath: running.controlSocketPath)
                 } catch {
                     await running.stop(graceful: false)
                     throw error

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MayflyCore
+import Synchronization
 
 /// Runs code inside a fresh VM and guarantees the VM is gone afterwards. `withVM` clones the
 /// bundle, waits out what is left of the grace period, takes the auxiliary-storage lock (with
@@ -149,7 +150,10 @@ public struct VMLauncher: Sendable {
         let machine = VirtualMachine(
             bundle: old.bundle, clone: old.clone, cloneStrategy: old.cloneStrategy, accelerator: old.accelerator, qemu: old.qemu,
             ssh: old.ssh, timings: timings)
-        return RunningVM(machine: machine, made: made, booted: running.booted, launcher: self)
+        let attached = running.attached
+        return RunningVM(
+            machine: machine, made: made, booted: running.booted, launcher: self, helpers: attached.processes,
+            controlPath: attached.controlPath)
     }
 
     /// A started QEMU and what belongs to it.
@@ -366,19 +370,46 @@ public enum GuestProbe {
 }
 
 /// A booted VM and everything that belongs to it (its QEMU, its auxiliary-storage lock, its
-/// clone). Whoever holds it must `stop` it exactly once; `VMLauncher.run` does.
+/// clone, and helper processes attached to it, such as a persistent SSH connection). Whoever
+/// holds it must `stop` it exactly once; `VMLauncher.run` does.
 public final class RunningVM: Sendable {
-    public let machine: VirtualMachine
     let made: Cloner.Made
     let booted: VMLauncher.Booted
     let launcher: VMLauncher
+    private let base: VirtualMachine
+    private let helpers: Mutex<(processes: [SupervisedProcess], controlPath: String?)>
 
-    init(machine: VirtualMachine, made: Cloner.Made, booted: VMLauncher.Booted, launcher: VMLauncher) {
-        self.machine = machine
+    init(
+        machine: VirtualMachine, made: Cloner.Made, booted: VMLauncher.Booted, launcher: VMLauncher,
+        helpers: [SupervisedProcess] = [], controlPath: String? = nil
+    ) {
+        self.base = machine
         self.made = made
         self.booted = booted
         self.launcher = launcher
+        self.helpers = Mutex((helpers, controlPath))
     }
+
+    /// The machine, with its SSH endpoint using the attached persistent connection, if any.
+    public var machine: VirtualMachine {
+        var machine = base
+        machine.ssh.controlPath = helpers.withLock { $0.controlPath }
+        return machine
+    }
+
+    /// Where a persistent SSH connection's control socket may live (the clone's runtime directory).
+    public var controlSocketPath: String { made.clone.runtimePath + "/ssh.ctl" }
+
+    /// Hands `process` to this VM: it is stopped (before QEMU) when the VM stops. With
+    /// `controlPath`, the VM's SSH sessions go through that persistent connection from now on.
+    public func attach(_ process: SupervisedProcess, controlPath: String? = nil) {
+        helpers.withLock {
+            $0.processes.append(process)
+            if let controlPath { $0.controlPath = controlPath }
+        }
+    }
+
+    var attached: (processes: [SupervisedProcess], controlPath: String?) { helpers.withLock { $0 } }
 
     /// When the clone was made (for recycling by age).
     public var createdAt: Date { made.record.createdAt }
@@ -386,8 +417,10 @@ public final class RunningVM: Sendable {
     /// Whether QEMU is still running (a warm VM whose QEMU died is not used).
     public var isAlive: Bool { !booted.qemu.hasExited }
 
-    /// Stops QEMU (in order when `graceful`), releases the lock and deletes the clone.
+    /// Stops the attached helpers, then QEMU (in order when `graceful`), releases the lock and
+    /// deletes the clone.
     public func stop(graceful: Bool, onPhase: @escaping @Sendable (VMPhase, Duration?) -> Void = { _, _ in }) async {
+        for process in attached.processes { _ = await process.terminate(grace: .seconds(1)) }
         await launcher.tearDown(booted, clone: made.clone, graceful: graceful, onPhase: onPhase)
     }
 }

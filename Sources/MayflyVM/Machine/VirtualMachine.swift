@@ -32,6 +32,9 @@ public struct SSHEndpoint: Sendable, Equatable {
     public let knownHosts: String
     /// Host loopback ports that sessions running job scripts forward to the guest's 127.0.0.1.
     public var forwardedHostPorts: [Int] = []
+    /// The control socket of a persistent connection to this guest (OpenSSH `ControlPath`):
+    /// sessions go through it and skip the connection and key exchange.
+    public var controlPath: String?
 }
 
 /// The phases of a VM's life that the launcher owns, in order, as reported while they happen.
@@ -57,7 +60,7 @@ public struct VirtualMachine: Sendable {
     public let cloneStrategy: CloneStrategyChoice
     public let accelerator: Accelerator
     public let qemu: QEMUProcess
-    public let ssh: SSHEndpoint
+    public var ssh: SSHEndpoint
     public let timings: VMTimings
 
     /// The last `lines` lines of the guest's serial console.
