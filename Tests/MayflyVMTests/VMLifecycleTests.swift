@@ -102,6 +102,35 @@ struct VMLifecycleTests {
         }
     }
 
+    @Test("a failure right after QEMU started (the guest's host key cannot be pinned) stops QEMU and passt and deletes the clone")
+    func failureAfterStartCleansUp() async throws {
+        try await withGuestSlot {
+            try await withTemporaryDirectory { directory in
+                // A bundle that provisions nothing per clone and names no host key.
+                let path = try TestBundle.copyTiny(into: directory)
+                let manifest = try String(contentsOfFile: path + "/bundle.yaml", encoding: .utf8)
+                try manifest.replacingOccurrences(of: "provision: fw_cfg", with: "provision: none")
+                    .split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.contains("host_key:") }
+                    .joined(separator: "\n").write(toFile: path + "/bundle.yaml", atomically: true, encoding: .utf8)
+                let bundle = try BundleDirectory(path: path)
+                let runtime = directory.appendingPathComponent("run")
+                let launcher = VMLauncher(
+                    workDirectory: directory.path + "/work", options: testOptions(), logger: Logger(label: "test"),
+                    runtimeBase: runtime.path)
+                let error = await #expect(throws: VMError.self) {
+                    try await launcher.withVM(bundle: bundle, server: "local", job: "nokey", lifetime: .seconds(600)) { _ in }
+                }
+                #expect("\(error.map { "\($0)" } ?? "")".contains("cannot be pinned"))
+                let key = CloneDirectory.key(server: "local", job: "nokey")
+                await expectCleanedUp(directory.appendingPathComponent("work"), runtime: runtime, key: key)
+                let passtGone = await eventually(timeout: .seconds(5)) {
+                    !processRunning { $0.contains("passt") && !$0.contains("qemu-system") && $0.contains("/\(key)/net/") }
+                }
+                #expect(passtGone)
+            }
+        }
+    }
+
     @Test("a failure inside the job's closure still stops QEMU and deletes the clone")
     func failureCleansUp() async throws {
         struct JobFailed: Error {}

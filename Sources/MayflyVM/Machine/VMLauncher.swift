@@ -267,16 +267,23 @@ public struct VMLauncher: Sendable {
                     await network?.stop()
                     throw error
                 }
-                if var record = clone.record() {
-                    record.qemu = qemu.identity
-                    record.network = network?.identity
-                    try record.write(to: clone.ownerPath)
-                }
-                let knownHosts = try knownHostsLine(port: port, hostKeyFile: hostKey)
                 do {
-                    try AtomicFile.write(Data(knownHosts.utf8), to: clone.knownHostsPath, mode: 0o600)
+                    if var record = clone.record() {
+                        record.qemu = qemu.identity
+                        record.network = network?.identity
+                        try record.write(to: clone.ownerPath)
+                    }
+                    let knownHosts = try knownHostsLine(port: port, hostKeyFile: hostKey)
+                    do {
+                        try AtomicFile.write(Data(knownHosts.utf8), to: clone.knownHostsPath, mode: 0o600)
+                    } catch {
+                        throw VMError.io(operation: "write", path: clone.knownHostsPath, errno: error.errno)
+                    }
                 } catch {
-                    throw VMError.io(operation: "write", path: clone.knownHostsPath, errno: error.errno)
+                    // Not yet handed to anyone: stop them here, or nobody will.
+                    _ = await qemu.kill()
+                    await network?.stop()
+                    throw error
                 }
                 let endpoint = SSHEndpoint(
                     host: "127.0.0.1", port: port, user: manifest.guest.user, privateKey: clientKey,
