@@ -5,19 +5,9 @@ import Testing
 /// Runs git on the host for a test fixture; fails the test with git's message on error.
 @discardableResult
 func hostGit(_ arguments: [String], in directory: URL) throws -> String {
-    let output = Pipe()
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/git")
-    process.arguments = ["-c", "user.email=ci@example.com", "-c", "user.name=ci", "-c", "init.defaultBranch=main"] + arguments
-    process.currentDirectoryURL = directory
-    process.standardOutput = output
-    process.standardError = output
-    try process.run()
-    let data = output.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    let text = String(decoding: data, as: UTF8.self)
-    if process.terminationStatus != 0 { throw TestBundle.Missing(description: "git \(arguments): \(text)") }
-    return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    try TestBundle.output(
+        "/usr/bin/git", ["-c", "user.email=ci@example.com", "-c", "user.name=ci", "-c", "init.defaultBranch=main"] + arguments,
+        in: directory)
 }
 
 /// The Debian 12 bundle built by deploy/images/debian/build.sh: present when deploy/test.sh built
@@ -127,7 +117,7 @@ struct DebianImageTests {
                 try hostGit(
                     ["clone", "-q", "--bare", source.path, served.appendingPathComponent("repo.git").path], in: directory)
                 try hostGit(["update-server-info"], in: served.appendingPathComponent("repo.git"))
-                let port = try #require(freePort())
+                let port = try TestBundle.freeLoopbackPort()
                 let gitServer = try TestChild(
                     "/usr/bin/python3", ["-m", "http.server", "\(port)", "--bind", "127.0.0.1", "--directory", served.path])
                 defer { gitServer.kill() }
@@ -174,22 +164,4 @@ struct DebianImageTests {
             }
         }
     }
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released at once).
-func freePort() -> Int? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-        }
-    }
-    return bound ? Int(UInt16(bigEndian: address.sin_port)) : nil
 }

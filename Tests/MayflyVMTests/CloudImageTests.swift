@@ -7,20 +7,6 @@ import Yams
 
 @testable import MayflyVM
 
-/// Runs a command and returns its standard output (test helper; fails the test on error).
-func commandOutput(_ executable: String, _ arguments: [String]) throws -> String {
-    let output = Pipe()
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.standardOutput = output
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    let data = output.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
-}
-
 @Suite("Cloud images: provisioning in bundles, NoCloud seeds, import")
 struct CloudImageTests {
     static let manifestHead = """
@@ -127,7 +113,7 @@ struct CloudImageTests {
                 logger: Logger(label: "test"))
             let first = try await cloner.makeClone(bundle: bundle, server: "s", job: "1", lifetime: .seconds(60))
             let second = try await cloner.makeClone(bundle: bundle, server: "s", job: "2", lifetime: .seconds(60))
-            let label = try commandOutput("/usr/sbin/blkid", ["-o", "value", "-s", "LABEL", first.clone.seedPath])
+            let label = try TestBundle.output("/usr/sbin/blkid", ["-o", "value", "-s", "LABEL", first.clone.seedPath])
             #expect(label.trimmingWhitespace().lowercased() == "cidata")
             let userData = try String(contentsOfFile: first.clone.seedSourcesPath + "/user-data", encoding: .utf8)
             let loginKey = try String(contentsOfFile: first.clone.clientKeyPath + ".pub", encoding: .utf8)
@@ -183,7 +169,7 @@ struct CloudImageTests {
             request.diskSize = .gibibytes(4)
             let bios = try await BundleImporter.importBundle(request, into: bundles)
             #expect(bios.manifest.boot.mode == .bios && bios.manifest.nvram == nil)
-            let info = try commandOutput("/usr/bin/qemu-img", ["info", bios.diskPath])
+            let info = try TestBundle.output("/usr/bin/qemu-img", ["info", bios.diskPath])
             #expect(info.contains("virtual size: 4 GiB"), "the golden disk was grown: \(info)")
             #expect(try await bios.verify().isEmpty, "hashes are taken after the resize")
         }

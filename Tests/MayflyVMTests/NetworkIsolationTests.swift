@@ -15,7 +15,7 @@ final class TokenServer: Sendable {
     private let child: TestChild
 
     init(address: String, token: String) async throws {
-        let port = try #require(SocketIO.freeLoopbackPort())
+        let port = try TestBundle.freeLoopbackPort()
         let script = """
             import socket, sys
             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,14 +51,7 @@ struct OutsideAddress {
         if (try? TestBundle.run("/usr/sbin/ip", ["addr", "replace", "\(testAddress)/32", "dev", "lo"])) != nil {
             return OutsideAddress(address: testAddress, added: true)
         }
-        let output = Pipe()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = ["-4", "-o", "addr", "show", "scope", "global"]
-        process.standardOutput = output
-        try process.run()
-        process.waitUntilExit()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let text = try TestBundle.output("/usr/sbin/ip", ["-4", "-o", "addr", "show", "scope", "global"])
         guard let field = text.split(separator: " ").first(where: { $0.contains("/") && $0.contains(".") }) else {
             throw TestBundle.Missing(description: "no non-loopback IPv4 address to stand for the outside world")
         }
