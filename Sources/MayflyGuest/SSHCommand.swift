@@ -88,7 +88,12 @@ public enum SSHMaster {
                     lastError: "the persistent connection \(reason): \(process.standardError.trimmingWhitespace())")
             }
             if FileManager.default.fileExists(atPath: controlPath) { return process }
-            try? await Task.sleep(for: .milliseconds(20))
+            do {
+                try await Task.sleep(for: .milliseconds(20))
+            } catch {
+                _ = await process.terminate()
+                throw error
+            }
         }
         _ = await process.terminate()
         throw GuestError.unreachable(

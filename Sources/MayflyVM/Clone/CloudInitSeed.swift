@@ -109,13 +109,19 @@ public struct CloudInitSeed: Sendable, Equatable {
         let userDataPath = sourcesDirectory + "/user-data"
         let metaDataPath = sourcesDirectory + "/meta-data"
         let networkConfigPath = sourcesDirectory + "/network-config"
-        for (path, text) in [(userDataPath, userData), (metaDataPath, metaData), (networkConfigPath, networkConfig)] {
-            do {
-                try AtomicFile.write(Data(text.utf8), to: path, mode: 0o600)
-            } catch {
-                throw .io(operation: "write", path: path, errno: error.errno)
+        let files = [(userDataPath, userData), (metaDataPath, metaData), (networkConfigPath, networkConfig)]
+        // Written (and fsynced) off the cooperative pool.
+        let failure = await BlockingWork.run { () -> StateFile.Failure? in
+            for (path, text) in files {
+                do throws(StateFile.Failure) {
+                    try AtomicFile.write(Data(text.utf8), to: path, mode: 0o600)
+                } catch {
+                    return error
+                }
             }
+            return nil
         }
+        if let failure { throw .io(operation: "write", path: failure.path, errno: failure.errno) }
         guard ExecutableLookup.find("cloud-localds") != nil else {
             throw .command(
                 executable: "cloud-localds", status: "not found",

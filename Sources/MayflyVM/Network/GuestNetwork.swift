@@ -113,7 +113,7 @@ public final class PasstProcess: Sendable {
                 let reason = await spawned.wait()
                 throw .networkFailed(what: "exited at start (\(reason))", detail: passt.standardErrorSummary)
             }
-            if UnixSocketTable.isListening(socketPath) { return passt }
+            if await BlockingWork.run({ UnixSocketTable.isListening(socketPath) }) { return passt }
             _ = await BlockingWork.run { usleep(10_000) }
         }
         await passt.stop()
