@@ -90,7 +90,7 @@ let package = Package(
         .target(
             name: "MayflyAgent",
             dependencies: [
-                "MayflyCore", "MayflyHTTP", "MayflyVM", "MayflyGuest",
+                "MayflyCore", "MayflyHTTP", "MayflyVM", "MayflyGuest", "CMayflySystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Metrics", package: "swift-metrics"),

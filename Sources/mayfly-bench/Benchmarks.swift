@@ -41,7 +41,7 @@ func benchClone(_ context: BenchContext) async throws {
         for file in ["vmlinux", "ssh/id_ed25519"] {
             let path = bundlePath.appendingPathComponent(file)
             try FileManager.default.createDirectory(at: path.deletingLastPathComponent(), withIntermediateDirectories: true)
-            FileManager.default.createFile(atPath: path.path, contents: Data("x".utf8))
+            _ = FileManager.default.createFile(atPath: path.path, contents: Data("x".utf8))
         }
         try """
         format: 1

@@ -198,13 +198,25 @@ func benchIdle(_ context: BenchContext, seconds duration: Int) async throws {
     let runner = try startRunner(context, directory: directory, server: server)
     try await Task.sleep(for: .seconds(3))
     let cpuStart = runner.cpuSeconds()
-    try await Task.sleep(for: .seconds(duration))
+    // RSS once a second over the whole period: the poll cycles and the agent's own
+    // maintenance (every 60 s) happen inside it.
+    var samples: [Double] = []
+    let clock = ContinuousClock()
+    let end = clock.now + .seconds(duration)
+    while clock.now < end {
+        samples.append(Double(runner.memory("VmRSS")) / 1024)
+        try await Task.sleep(for: .seconds(1))
+    }
     let cpu = runner.cpuSeconds() - cpuStart
+    let rss = Sample(values: samples)
     print(
         String(
-            format: "RSS %.1f MiB (peak %.1f MiB); CPU %.2f s over %d s (%.3f%% of one core)",
-            Double(runner.memory("VmRSS")) / 1024,
-            Double(runner.memory("VmHWM")) / 1024, cpu, duration, cpu / Double(duration) * 100))
+            format:
+                "RSS median %.1f MiB (min %.1f, max %.1f, n=%d; at the end %.1f MiB: anonymous %.1f, file pages %.1f); peak %.1f MiB",
+            rss.median, rss.min, rss.max, samples.count, Double(runner.memory("VmRSS")) / 1024,
+            Double(runner.memory("RssAnon")) / 1024, Double(runner.memory("RssFile")) / 1024,
+            Double(runner.memory("VmHWM")) / 1024))
+    print(String(format: "CPU %.2f s over %d s (%.3f%% of one core)", cpu, duration, cpu / Double(duration) * 100))
     runner.stop()
     server.stop()
     try? FileManager.default.removeItem(at: directory)

@@ -1,7 +1,7 @@
 import Foundation
 import MayflyCore
 
-/// `mayfly-bench [--only clone,overhead,pickup,throughput,idle,cancel] [--repeat N] [--quick]`:
+/// `mayfly-bench [--only clone,overhead,pickup,throughput,idle,cancel] [--repeat N] [--quick] [--idle-seconds N]`:
 /// measures Mayfly against baselines measured in the same run (see docs/performance.md).
 let arguments = CommandLine.arguments.dropFirst()
 func option(_ name: String) -> String? {
@@ -27,7 +27,7 @@ do {
     if only.contains("overhead") { try await benchOverhead(context) }
     if only.contains("pickup") { try await benchPickup(context) }
     if only.contains("throughput") { try await benchThroughput(context, mebibytes: quick ? 32 : 256) }
-    if only.contains("idle") { try await benchIdle(context, seconds: quick ? 15 : 60) }
+    if only.contains("idle") { try await benchIdle(context, seconds: Int(option("--idle-seconds") ?? "") ?? (quick ? 15 : 60)) }
     if only.contains("cancel") { try await benchCancel(context) }
 } catch {
     FileHandle.standardError.write(Data("mayfly-bench: \(error)\n".utf8))

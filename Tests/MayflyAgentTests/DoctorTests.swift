@@ -147,4 +147,18 @@ struct LogHandlerTests {
         #expect(textSink.contents.contains("warning disk low vm.clone=\"a b\""))
         #expect(!textSink.contents.contains("hidden below"))
     }
+
+    @Test("timestamps are UTC with milliseconds, zero-padded")
+    func timestamps() throws {
+        #expect(MayflyLogHandler.timestamp(timespec(tv_sec: 0, tv_nsec: 0)) == "1970-01-01T00:00:00.000Z")
+        #expect(MayflyLogHandler.timestamp(timespec(tv_sec: 1_795_628_174, tv_nsec: 123_999_999)) == "2026-11-25T17:36:14.123Z")
+        #expect(
+            MayflyLogHandler.timestamp(timespec(tv_sec: 951_782_400 + 86_399, tv_nsec: 7_000_000)) == "2000-02-29T23:59:59.007Z")
+        // The clock's reading agrees with Foundation's formatter to the second.
+        let formatter = ISO8601DateFormatter()
+        let before = formatter.string(from: Date()).prefix(16)
+        let now = MayflyLogHandler.timestamp()
+        #expect(now.count == 24 && now.hasSuffix("Z"))
+        #expect(now.hasPrefix(before) || now.prefix(16) > before, "\(now) vs \(before)")
+    }
 }

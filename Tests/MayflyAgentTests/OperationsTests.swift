@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MayflyTestSupport
 import Testing
 
@@ -52,6 +53,68 @@ struct OperationsTests {
             #expect(process.terminationStatus == 0, "\(output)")
             #expect(!output.contains("Unknown key"), "\(output)")
             #expect(unit.contains("Type=notify") && unit.contains("NoNewPrivileges=yes") && unit.contains("ProtectSystem=strict"))
+        }
+    }
+}
+
+/// The resident pages of the mapping that starts at `address`, from /proc/self/smaps.
+private func residentKiB(ofMappingAt address: UnsafeMutableRawPointer) throws -> Int {
+    // procfs files report size 0: read until the end rather than by their size.
+    let handle = try #require(FileHandle(forReadingAtPath: "/proc/self/smaps"))
+    defer { try? handle.close() }
+    let smaps = String(decoding: try handle.readToEnd() ?? Data(), as: UTF8.self)
+    let start = String(UInt(bitPattern: address), radix: 16)
+    var inMapping = false
+    for line in smaps.split(separator: "\n") {
+        if line.contains("-"), let range = line.split(separator: " ").first, range.contains("-") {
+            inMapping = range.split(separator: "-").first.map(String.init) == start
+        } else if inMapping, line.hasPrefix("Rss:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? -1
+        }
+    }
+    Issue.record("no mapping starts at \(start)")
+    return -1
+}
+
+@Suite("Idle trim")
+struct IdleTrimTests {
+    @Test("clean read-only file pages leave the resident set and read back the same; written pages stay")
+    func trimsOnlyCleanFilePages() async throws {
+        try await withTemporaryDirectory { directory in
+            let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+            let length = 64 * pageSize
+            let path = directory.appendingPathComponent("pages").path
+            let content = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+            try Data(content).write(to: URL(fileURLWithPath: path))
+            let fd = open(path, O_RDONLY)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            // Code-like: private, read-only, never written.
+            let clean = try #require(mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0))
+            #expect(clean != MAP_FAILED)
+            defer { munmap(clean, length) }
+            // Relocated-data-like: private, written, then made read-only (what RELRO looks like).
+            let written = try #require(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0))
+            #expect(written != MAP_FAILED)
+            defer { munmap(written, length) }
+            var sum = 0
+            for offset in stride(from: 0, to: length, by: pageSize) {
+                sum &+= Int(clean.load(fromByteOffset: offset, as: UInt8.self))
+                written.storeBytes(of: 0xAB, toByteOffset: offset, as: UInt8.self)
+            }
+            #expect(mprotect(written, length, PROT_READ) == 0)
+            #expect(try residentKiB(ofMappingAt: clean) == length / 1024, "sum \(sum)")
+            #expect(try residentKiB(ofMappingAt: written) == length / 1024)
+
+            let released = try #require(IdleTrim.trim(logger: Logger(label: "test")))
+            #expect(released >= Int64(length))
+            #expect(try residentKiB(ofMappingAt: clean) == 0, "the clean mapping's pages were dropped")
+            #expect(try residentKiB(ofMappingAt: written) == length / 1024, "a mapping with written pages is left alone")
+            // Both read back what they held: the file's bytes, and the private writes.
+            #expect(Array(UnsafeRawBufferPointer(start: clean, count: length)) == content)
+            for offset in stride(from: 0, to: length, by: pageSize) {
+                #expect(written.load(fromByteOffset: offset, as: UInt8.self) == 0xAB)
+            }
         }
     }
 }

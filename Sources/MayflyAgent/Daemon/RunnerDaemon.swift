@@ -122,6 +122,13 @@ public final class RunnerDaemon: Sendable {
             }
         }
         defer { maintenance.cancel() }
+        let trimming = Task {
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: IdleTrim.interval) } catch { return }
+                await self.trimIfIdle()
+            }
+        }
+        defer { trimming.cancel() }
         let pollers = sources.map { source in Task { await self.poll(source) } }
         let keep = state.withLock { state -> Bool in
             state.pollers = pollers
@@ -161,6 +168,13 @@ public final class RunnerDaemon: Sendable {
         stopAcceptingJobs()
         let jobs = state.withLock { Array($0.jobs.values) }
         for job in jobs { job.shutdown() }
+    }
+
+    /// Gives back resident code pages when no job runs (`IdleTrim`).
+    private func trimIfIdle() async {
+        guard state.withLock({ $0.jobs.isEmpty }) else { return }
+        let logger = self.logger
+        _ = await BlockingWork.run { IdleTrim.trim(logger: logger) }
     }
 
     private func poll(_ source: any JobSource) async {
@@ -244,6 +258,7 @@ public final class RunnerDaemon: Sendable {
             }
             AgentMetrics.runningVMs(running)
             slots.release()
+            if running == 0 { await trimIfIdle() }
         }
         let running = state.withLock { state -> Int in
             state.jobs[id] = RunningJob(task: task, log: log) {
