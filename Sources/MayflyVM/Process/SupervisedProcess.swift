@@ -13,7 +13,9 @@ import Synchronization
 /// Owns one helper process (QEMU, passt) from spawn to reap. It runs in its own session (a Ctrl-C
 /// on the terminal reaches Mayfly, which then stops it in order), with an allow-listed environment
 /// (no tokens reach it), under `setpriv --pdeathsig KILL` when available (it dies if the agent is
-/// killed). Exits are watched by swift-subprocess on a pidfd, not by a blocking wait on the
+/// killed). That signal follows the thread that forked, not the process; swift-subprocess forks
+/// on one worker thread of its own that lives as long as the process (tested), never on
+/// Dispatch's workers, which retire after a few idle seconds. Exits are watched by swift-subprocess on a pidfd, not by a blocking wait on the
 /// cooperative pool; signals go through this type's own pidfd, so they can never reach a process
 /// that reused the pid. The last 16 KiB of its standard error are kept for error messages.
 public final class SupervisedProcess: Sendable {
@@ -92,19 +94,21 @@ public final class SupervisedProcess: Sendable {
             environment: .custom(["PATH": path, "LC_ALL": "C"]),
             platformOptions: options)
 
+        // A job cancelled before this point starts nothing.
+        if Task.isCancelled { throw SpawnFailure(executable: executable, reason: .notStarted("the job was cancelled")) }
         let state = WatchState()
-        let (pids, pidContinuation) = AsyncStream<Int32>.makeStream()
+        let started = PIDHandoff()
         // Not a child of the caller's task: the process must be watched until it is reaped even
         // when the job that started it is cancelled.
         let monitor = Task<ExitReason, Never>.detached {
             defer {
                 state.exited.store(true, ordering: .releasing)
-                pidContinuation.finish()
+                started.deliver(nil)
             }
             do {
                 let result = try await Subprocess.run(configuration, input: .none, output: .discarded, error: .sequence) {
                     execution in
-                    pidContinuation.yield(execution.processIdentifier.value)
+                    started.deliver(execution.processIdentifier.value)
                     for try await chunk in execution.standardError {
                         chunk.withUnsafeBytes { state.append($0) }
                     }
@@ -117,11 +121,55 @@ public final class SupervisedProcess: Sendable {
                 return .notStarted("\(error)")
             }
         }
-        var iterator = pids.makeAsyncIterator()
-        guard let pid = await iterator.next() else {
+        // Not cancellable: once spawned, the process is handed to the caller (who stops it)
+        // even when the caller was cancelled meanwhile; an `AsyncStream` would give up and
+        // leave the process running with nobody to stop it.
+        guard let pid = await started.value() else {
             throw SpawnFailure(executable: executable, reason: await monitor.value)
         }
         return SupervisedProcess(pid: pid, pidfd: mayfly_pidfd_open(pid), monitor: monitor, state: state)
+    }
+
+    /// Hands the new process's pid (or nil: it did not start) from the watching task to
+    /// `spawn`, once; waiting for it ignores cancellation.
+    private final class PIDHandoff: Sendable {
+        private enum Slot {
+            case empty
+            case waiting(CheckedContinuation<Int32?, Never>)
+            case delivered(Int32?)
+        }
+        private let slot = Mutex<Slot>(.empty)
+
+        func deliver(_ pid: Int32?) {
+            let waiter = slot.withLock { slot -> CheckedContinuation<Int32?, Never>? in
+                switch slot {
+                case .empty:
+                    slot = .delivered(pid)
+                    return nil
+                case .waiting(let continuation):
+                    slot = .delivered(pid)
+                    return continuation
+                case .delivered:
+                    return nil
+                }
+            }
+            waiter?.resume(returning: pid)
+        }
+
+        func value() async -> Int32? {
+            await withCheckedContinuation { continuation in
+                let ready = slot.withLock { slot -> Int32?? in
+                    switch slot {
+                    case .empty, .waiting:
+                        slot = .waiting(continuation)
+                        return nil
+                    case .delivered(let pid):
+                        return .some(pid)
+                    }
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        }
     }
 
     /// Waits until the process has exited and been reaped; may be called any number of times.
