@@ -33,9 +33,11 @@ public struct SecretMasker: Sendable {
     private var continuingRun: Bool?
     private static let longestHeldRun = 4096
 
-    /// `secrets` shorter than `minimumLength` bytes are not masked (masking "a" would destroy the
-    /// log); GitLab itself requires masked values of at least 8 characters.
-    public init(secrets: [String], tokenPrefixes: [String] = [], maskURLParameters: Bool = false, minimumLength: Int = 4) {
+    /// `secrets` are trimmed of surrounding white space; empty ones are dropped, every other one is
+    /// masked however short (as gitlab-runner does: GitLab's UI refuses masked values under 8
+    /// characters, but a server's API or a job file may still send one, and a leaked secret is
+    /// worse than a garbled log).
+    public init(secrets: [String], tokenPrefixes: [String] = [], maskURLParameters: Bool = false, minimumLength: Int = 1) {
         let bytes = Set(secrets.map { Array($0.trimmingWhitespace().utf8) }.filter { $0.count >= minimumLength })
         // Longest first, so that a secret containing another is replaced whole.
         self.secrets = bytes.sorted { $0.count > $1.count }

@@ -32,10 +32,10 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
     private var loop: Task<Void, Never>?
 
     /// Limits from gitlab-runner (R8): 1 MiB per PATCH, 3 s default interval, at most 15 min,
-    /// a touch after 30 s without a successful send, 10 final-update attempts.
+    /// 10 final-update attempts. A silent job is touched every `min(interval, 10 s)`
+    /// (gitlab-runner: every 30 s), so that a cancel takes effect in seconds.
     static let patchLimit = 1 << 20
     static let defaultInterval: Duration = .seconds(3)
-    static let forceSendInterval: Duration = .seconds(30)
     static let idleProbeInterval: Duration = .seconds(10)
     static let finalUpdateAttempts = 10
 
@@ -124,16 +124,11 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         var sent: Int
         init(sent: Int) { self.sent = sent }
         var interval = GitLabJobSession.defaultInterval
-        var lastSuccess = ContinuousClock.now
         var cancelSignalled = false
         var aborted = false
 
         func set(sent: Int) { self.sent = sent }
-        func succeeded(sent: Int) {
-            self.sent = sent
-            lastSuccess = .now
-        }
-        func touched() { lastSuccess = .now }
+        func succeeded(sent: Int) { self.sent = sent }
         func set(interval: Duration?) { if let interval { self.interval = interval } }
         func markCancelSignalled() -> Bool {
             defer { cancelSignalled = true }
@@ -156,10 +151,9 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
                 let interval = await shipper.interval
                 let size = await buffer.size
                 let pending = size > (await shipper.sent)
-                // New bytes go out once per update interval. When there are none, the empty patch
-                // that asks whether the job was cancelled goes out at least every 10 s, even when
-                // GitLab's interval is 60 s: a cancel must take effect in seconds, and an empty
-                // patch costs the server next to nothing.
+                // New bytes go out once per update interval. When there are none, the touch that
+                // asks whether the job was cancelled goes out at least every 10 s, even when
+                // GitLab's interval is 60 s: a cancel must take effect in seconds.
                 let wait = pending ? interval : min(interval, Self.idleProbeInterval)
                 let due = lastSend.map { clock.now - $0 >= wait } ?? true
                 // The first request waits for the first bytes.
@@ -173,19 +167,16 @@ public final class GitLabJobSession: JobSession, @unchecked Sendable {
         lock.withLock { loop = task }
     }
 
-    /// Sends what is new (PATCHes of at most 1 MiB). When there is nothing new it sends an
-    /// empty PATCH at the current offset (GitLab's "force patch": 202, nothing changes), so that a
-    /// silent job still hears of cancellation within one update interval — gitlab-runner waits
-    /// 30 s for its touch. After 30 s without a successful send it also touches the job with
-    /// `PUT state=running` and the log's checksum and size, as gitlab-runner does.
+    /// Sends what is new (PATCHes of at most 1 MiB). When there is nothing new it touches the job
+    /// with `PUT state=running` and the log's checksum and size, as gitlab-runner does (an empty
+    /// PATCH is never sent), so that a silent job still hears of cancellation from the answer's
+    /// `Job-Status` or 403.
     private func shipIncrement() async {
         let sent = await shipper.sent
-        let lastSuccess = await shipper.lastSuccess
         let size = await buffer.size
-        if size == sent && ContinuousClock.now - lastSuccess > Self.forceSendInterval {
+        if size <= sent {
             let response = await client.updateJob(
                 id: jobID, token: token, .init(state: "running", checksum: await buffer.checksum, bytesize: UInt64(size)))
-            if case .succeeded = response.kind { await shipper.touched() }
             await react(to: response)
             return
         }

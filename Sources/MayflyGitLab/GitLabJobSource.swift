@@ -153,8 +153,12 @@ public final class GitLabJobSource: JobSource, @unchecked Sendable {
             logger.warning("GitLab refused the runner token (403); is the runner still registered?")
             return .none(wait: settings.pollInterval)
         case .conflict:
+            // gitlab-runner counts a 409 as a failed request and waits its check interval
+            // before the next one; asking again at once would hammer a server that keeps
+            // answering 409.
             recordAnswer(forbidden: false)
-            return .none(wait: .zero)
+            logger.info("GitLab answered the job request with 409 Conflict; asking again after the poll interval")
+            return .none(wait: settings.pollInterval)
         case .unavailable:
             recordFailure()
             logger.warning("GitLab is unavailable (503)")

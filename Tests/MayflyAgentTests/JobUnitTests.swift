@@ -26,13 +26,13 @@ struct MaskingTests {
         }
     }
 
-    @Test("byte-by-byte feeding, overlapping secrets, and short values left alone")
+    @Test("byte-by-byte feeding, overlapping secrets; short values are masked too, empty ones dropped")
     func byteByByte() {
-        var masker = SecretMasker(secrets: ["abcdef", "abcdefgh", "xy"])
+        var masker = SecretMasker(secrets: ["abcdef", "abcdefgh", "xy", " ", ""])
         var output: [UInt8] = []
-        for byte in Array("1abcdefgh2abcdef3xy".utf8) { output += masker.mask([byte]) }
+        for byte in Array("1abcdefgh2abcdef3xy 4".utf8) { output += masker.mask([byte]) }
         output += masker.finish()
-        #expect(String(decoding: output, as: UTF8.self) == "1[MASKED]2[MASKED]3xy")
+        #expect(String(decoding: output, as: UTF8.self) == "1[MASKED]2[MASKED]3[MASKED] 4")
     }
 
     @Test("token prefixes and sensitive URL parameters are masked, also when split anywhere")
@@ -65,9 +65,26 @@ struct MaskingTests {
         let text = await sink.text
         #expect(text.hasPrefix("pass=[MASKED]\nMayfly says [MASKED]\n"))
         #expect(!text.contains("hunter2"))
-        #expect(text.contains("exceeded the limit of 1KiB"))
-        #expect(!text.hasSuffix("more"))
-        #expect(await log.size <= 1024 + 200)
+        #expect(text.contains("Job's log exceeded limit of 1024 bytes."))
+        #expect(text.hasSuffix("x" + String(decoding: JobLog.limitNotice(1024), as: UTF8.self)), "nothing after the notice")
+        #expect(await log.size == 1024, "the log, notice included, fills the limit exactly")
+        #expect(text.utf8.count == 1024)
+    }
+
+    @Test("the limit never cuts a UTF-8 character in two")
+    func limitKeepsCharactersWhole() async {
+        let notice = JobLog.limitNotice(1024).count
+        for shift in 0..<4 {
+            let sink = CollectingSink()
+            let log = JobLog(sink: sink, maskedValues: [], limit: .kibibytes(1))
+            await log.write(Array(repeating: UInt8(ascii: "a"), count: shift))
+            await log.write(Array(String(repeating: "€", count: 1000).utf8))  // 3 bytes each
+            let bytes = await sink.bytes
+            #expect(bytes.count <= 1024)
+            let body = Array(bytes.dropLast(notice))
+            #expect(String(validating: body, as: UTF8.self) != nil, "shift \(shift): the cut split a character")
+            #expect(body.count > 1024 - notice - 3)
+        }
     }
 }
 

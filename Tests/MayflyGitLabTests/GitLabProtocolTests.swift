@@ -180,6 +180,23 @@ struct GitLabProtocolTests {
         }
     }
 
+    @Test("a 409 on the job request waits the poll interval before asking again")
+    func conflictOnRequest() async throws {
+        let server = try await FakeGitLab()
+        try await server.scenario(["faults": [["endpoint": "request", "status": 409, "count": 1]]])
+        try await withTemporaryDirectory { spool in
+            let jobs = source(server, spool: spool, poll: .seconds(2))
+            let outcome = try await jobs.nextJob()
+            guard case .none(let wait) = outcome else {
+                Issue.record("a 409 handed out a job")
+                return
+            }
+            #expect(wait == .seconds(2))
+            let requests = try await server.requests(pathPrefix: "/api/v4/jobs/request")
+            #expect(requests.contains { ($0["status"] as? Int) == 409 }, "the 409 was met")
+        }
+    }
+
     @Test("graceful cancel (canceling) is signalled; a hard cancel (canceled) aborts and nothing more is sent")
     func cancellation() async throws {
         let server = try await FakeGitLab()
@@ -216,6 +233,34 @@ struct GitLabProtocolTests {
             #expect(
                 try await server.requests(pathPrefix: "/api/v4/jobs/\(hard)").count == before,
                 "nothing more is sent after an abort")
+        }
+    }
+
+    @Test("a silent job is touched with PUT state=running (never an empty PATCH), and hears a cancel from it")
+    func silentJobTouches() async throws {
+        let server = try await FakeGitLab()
+        try await server.scenario(["trace_update_interval": 1])
+        try await withTemporaryDirectory { spool in
+            let (id, _) = try await server.enqueue([
+                "script": ["sleep 100"], "variables": [["key": "GIT_STRATEGY", "value": "none"]],
+            ])
+            let session = try await takeJob(source(server, spool: spool))
+            await session.start()
+            await session.log.write(Array("working\n".utf8))
+            try await Task.sleep(for: .milliseconds(3500))
+            try await server.cancel(id, mode: "canceled")
+            var iterator = session.cancellations.makeAsyncIterator()
+            #expect(await iterator.next() == .abort)
+            await session.abandon()
+            let patches = try await server.requests(pathPrefix: "/api/v4/jobs/\(id)/trace", method: "PATCH")
+            #expect(!patches.isEmpty)
+            #expect(patches.allSatisfy { ($0["body_length"] as? Int ?? 0) > 0 }, "no empty PATCH")
+            let touches = try await server.requests(pathPrefix: "/api/v4/jobs/\(id)", method: "PUT").filter {
+                let body = $0["body_json"] as? [String: Any]
+                return body?["state"] as? String == "running" && (body?["output"] as? [String: Any])?["bytesize"] as? Int == 8
+            }
+            #expect(touches.count >= 2, "the silent job was touched with its log's size")
+            #expect(touches.contains { ($0["status"] as? Int) == 403 }, "the cancel came back on a touch")
         }
     }
 

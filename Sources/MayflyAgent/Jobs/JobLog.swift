@@ -37,18 +37,31 @@ public actor JobLog {
 
     public var size: UInt64 { bytesWritten }
 
+    /// gitlab-runner's notice, in bold yellow, so that GitLab's users recognise it.
+    static func limitNotice(_ limit: UInt64) -> [UInt8] {
+        Array(
+            "\n\u{1B}[33;1mJob's log exceeded limit of \(limit) bytes.\nJob execution will continue but no more output will be collected.\u{1B}[0;m\n"
+                .utf8)
+    }
+
+    /// Writes `bytes`, or as much of them as fits with the limit's notice after them: the log,
+    /// notice included, never grows past the limit (GitLab refuses a log larger than its own
+    /// limit, 100 MiB by default, and would abort the job).
     private func emit(_ bytes: [UInt8]) async {
         guard !bytes.isEmpty, !truncated else { return }
         endsWithNewline = bytes.last == 10
-        let room = limit > bytesWritten ? limit - bytesWritten : 0
+        let notice = Self.limitNotice(limit)
+        let usable = limit > UInt64(notice.count) ? limit - UInt64(notice.count) : 0
+        let room = usable > bytesWritten ? usable - bytesWritten : 0
         if UInt64(bytes.count) <= room {
             bytesWritten += UInt64(bytes.count)
             await sink.write(bytes)
             return
         }
-        let kept = Array(bytes.prefix(Int(room)))
-        let notice = Array(
-            "\nJob's log exceeded the limit of \(ByteSize(bytes: limit)); the rest of the output is dropped.\n".utf8)
+        // Never cut inside a UTF-8 character: back off over continuation bytes.
+        var cut = Int(room)
+        while cut > 0 && cut < bytes.count && bytes[cut] & 0xC0 == 0x80 { cut -= 1 }
+        let kept = Array(bytes.prefix(cut))
         bytesWritten += UInt64(kept.count + notice.count)
         truncated = true
         await sink.write(kept + notice)
