@@ -23,7 +23,8 @@ struct RegisterCommandTests {
             #expect(first.status == 0, "\(first.stderr)")
             #expect(!first.stdout.contains(FakeGitLab.runnerToken) && !first.stderr.contains(FakeGitLab.runnerToken))
             let second = try runMayfly([
-                "register", "--config", config.path, "--url", server.url + "/", "--token", FakeGitLab.registrationToken,
+                "register", "--config", config.path, "--url", server.url + "/", "--registration-token",
+                FakeGitLab.registrationToken,
                 "--name", "legacy", "--ca-file", ca, "--tag-list", "linux,vm",
             ])
             #expect(second.status == 0, "\(second.stderr)")
@@ -52,6 +53,12 @@ struct RegisterCommandTests {
             ])
             #expect(wrong.status == 69)
             #expect(wrong.stderr.contains("refused the token"))
+            let notExchanged = try runMayfly([
+                "register", "--config", config.path, "--url", server.url, "--token", FakeGitLab.registrationToken, "--name", "y",
+                "--ca-file", ca,
+            ])
+            #expect(notExchanged.status == 69, "a --token is verified (and refused here), never exchanged for a new runner")
+            #expect(!notExchanged.stderr.contains(FakeGitLab.registrationToken))
 
             let removed = try runMayfly(["unregister", "--config", config.path, "--name", "main"])
             #expect(removed.status == 0, "\(removed.stderr)")

@@ -12,17 +12,22 @@ struct Register: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Register with a GitLab server and add it to the configuration.",
         discussion: """
-            A runner authentication token (glrt-…, made in GitLab under CI/CD → Runners) is verified with \
-            POST /runners/verify. A legacy registration token is exchanged for a runner token with POST /runners. \
+            A runner token (--token: glrt-…, made in GitLab under CI/CD → Runners, or any runner token) is \
+            verified with POST /runners/verify, as gitlab-runner does. A legacy registration token \
+            (--registration-token) is exchanged for a runner token with POST /runners. \
             The token goes to a token file (mode 0600) next to the configuration file, and a servers entry naming it \
             is added to the configuration (created if missing).
             """)
 
     @OptionGroup var options: ConfigOptions
     @Option(help: "The GitLab server's URL, e.g. https://gitlab.example.com.") var url: String
-    @Option(help: "A runner authentication token (glrt-…) or a legacy registration token.") var token: String?
-    @Option(name: .customLong("token-file"), help: "Read the token from this file instead of the command line.") var tokenFile:
-        String?
+    @Option(help: "A runner authentication token (glrt-…); it is verified, never exchanged.") var token: String?
+    @Option(name: .customLong("token-file"), help: "Read the runner token from this file instead of the command line.")
+    var tokenFile: String?
+    @Option(
+        name: .customLong("registration-token"),
+        help: "A legacy registration token, exchanged for a runner token (deprecated by GitLab).")
+    var registrationToken: String?
     @Option(help: "The name of the servers entry (default: the URL's host).") var name: String?
     @Option(help: "Description (legacy registration only).") var description: String = ProcessInfo.processInfo.hostName
     @Option(name: .customLong("tag-list"), help: "Comma-separated tags (legacy registration only).") var tagList: String = ""
@@ -34,15 +39,17 @@ struct Register: AsyncParsableCommand {
             throw ValidationError("--url must be an http:// or https:// URL")
         }
         let secret: Secret
+        let legacy = registrationToken != nil
+        guard [token != nil, tokenFile != nil, legacy].filter({ $0 }).count == 1 else {
+            throw ValidationError("give one of --token, --token-file or --registration-token")
+        }
         if let tokenFile {
             guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
                 throw ValidationError("cannot read \(tokenFile)")
             }
             secret = Secret(text.trimmingWhitespace())
-        } else if let token {
-            secret = Secret(token)
         } else {
-            throw ValidationError("give --token or --token-file")
+            secret = Secret(token ?? registrationToken ?? "")
         }
         let entryName = name ?? host
         let configPath = options.config
@@ -60,7 +67,7 @@ struct Register: AsyncParsableCommand {
         defer { client.shutdown() }
 
         let credentials: GitLabClient.Credentials
-        if secret.reveal().hasPrefix("glrt-") {
+        if !legacy {
             let systemID = try SystemID.load(workDirectory: configuration.workDirectory)
             credentials = try await client.verify(token: secret, systemID: systemID)
             print("verified runner \(credentials.id) on \(url)")
