@@ -63,6 +63,35 @@ struct ReaperTests {
         }
     }
 
+    @Test("a live owner's clone past its deadline is a leak: it is removed and its QEMU killed")
+    func overdue() async throws {
+        try await withTemporaryDirectory { directory in
+            let bundle = try BundleDirectory(path: try TestBundle.tinyPath())
+            let (logger, log) = recordingLogger()
+            let runtime = directory.appendingPathComponent("run").path
+            let cloner = Cloner(workDirectory: directory.path, strategy: .overlay, runtimeBase: runtime, logger: logger)
+            let overdue = try await cloner.makeClone(bundle: bundle, server: "s", job: "overdue", lifetime: .seconds(600)).clone
+            let qemu = try TestChild(
+                "/usr/bin/qemu-system-x86_64",
+                ["-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-name", "mayfly-\(overdue.key)"])
+            #expect(await eventually { ProcessIdentity.of(pid: qemu.pid) != nil })
+            var record = try #require(overdue.record())
+            record.deadline = Date().addingTimeInterval(-1)
+            record.qemu = try #require(ProcessIdentity.of(pid: qemu.pid))
+            try record.write(to: overdue.ownerPath)
+            let current = try await cloner.makeClone(bundle: bundle, server: "s", job: "current", lifetime: .seconds(600)).clone
+
+            let reaped = await CloneReaper(workDirectory: directory.path, runtimeBase: runtime, logger: logger).reap()
+            #expect(reaped.map(\.path) == [overdue.path])
+            #expect(reaped.first?.killedQEMU == qemu.pid)
+            #expect(await eventually { !qemu.process.isRunning }, "the overdue clone's QEMU was killed")
+            #expect(!FileManager.default.fileExists(atPath: overdue.path))
+            #expect(FileManager.default.fileExists(atPath: current.path), "a live owner's clone within its deadline stays")
+            #expect(log.allText.contains("overdue"))
+            cloner.remove(current)
+        }
+    }
+
     @Test("a directory without an owner record is removed only once it is old")
     func recordless() async throws {
         try await withTemporaryDirectory { directory in

@@ -5,7 +5,9 @@ import MayflyCore
 /// Removes clones whose owner is gone: the agent process named in `owner.json` no longer runs
 /// (pid gone, pid reused by another process, or the host rebooted). If the QEMU recorded there
 /// is still that same QEMU (same start time, and its command line names the clone), it is killed
-/// first, and so is its passt. Clones of a live owner are left alone, whatever their names. Directories without a
+/// first, and so is its passt. Clones of a live owner are left alone, whatever their names, until
+/// their deadline (the job's timeout plus boot and a margin; a warm clone's maximum age plus an
+/// hour): past it the clone is a leak, whoever owns it, and is removed the same way. Directories without a
 /// readable record are removed only when they are older than `orphanAge` (a clone being created
 /// writes its record first, so a young one may still be in the making).
 public struct CloneReaper: Sendable {
@@ -42,7 +44,8 @@ public struct CloneReaper: Sendable {
                 }
                 continue
             }
-            if record.owner.isAlive { continue }
+            let ownerAlive = record.owner.isAlive
+            if ownerAlive && Date() <= record.deadline { continue }
             var killed: Int32?
             if let qemu = record.qemu, qemu.isAlive, let commandLine = ProcessIdentity.commandLine(of: qemu.pid),
                 commandLine.contains(record.key)
@@ -57,9 +60,12 @@ public struct CloneReaper: Sendable {
             }
             remove(path, runtime: runtimeBase + "/" + record.key)
             let killedNote = killed.map { "; killed its QEMU (pid \($0))" } ?? ""
+            let why =
+                ownerAlive
+                ? "removed an overdue clone (its deadline passed; agent pid \(record.owner.pid) still runs)"
+                : "removed a clone left by a dead agent (pid \(record.owner.pid))"
             logger.warning(
-                "removed a clone left by a dead agent (pid \(record.owner.pid))\(killedNote)",
-                metadata: ["vm.clone": "\(path)", "job.id": "\(record.job)"])
+                "\(why)\(killedNote)", metadata: ["vm.clone": "\(path)", "job.id": "\(record.job)"])
             reaped.append(Reaped(path: path, job: record.job, killedQEMU: killed))
         }
         return reaped

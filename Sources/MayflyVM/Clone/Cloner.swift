@@ -95,8 +95,14 @@ public struct Cloner: Sendable {
             throw .io(operation: "rename into place", path: finalPath, errno: errno)
         }
         renamed = true
-        try makeDirectory(temporary.runtimePath, mode: Self.runtimeMode)
         let clone = CloneDirectory(key: key, path: finalPath, runtimePath: temporary.runtimePath, diskName: diskName)
+        do {
+            try makeDirectory(temporary.runtimePath, mode: Self.runtimeMode)
+        } catch {
+            // Nobody has the clone yet: remove it here, or it stays until the agent restarts.
+            try? FileManager.default.removeItem(atPath: finalPath)
+            throw error
+        }
         let duration = clock.now - started
         logger.info(
             "cloned bundle \(bundle.manifest.name) by \(chosen.rawValue) in \(DurationText.seconds(duration))",
