@@ -230,6 +230,8 @@ struct ConfigurationTests {
             yaml: "servers:\n  url: https://ci.example.org\n", line: 2, column: 3,
             mentions: ["'servers' must be a list, not a mapping"]),
         BadFile(yaml: "metrics: { listen: 9252 }\n", line: 1, column: 20, mentions: ["must be host:port"]),
+        BadFile(yaml: "metrics: { listen: myhost:9252 }\n", line: 1, column: 20, mentions: ["must name an IP address"]),
+        BadFile(yaml: "metrics: { listen: \"[::zz]:9252\" }\n", line: 1, column: 20, mentions: ["must name an IP address"]),
         BadFile(yaml: "job:\n  log_limit: 0\n", line: 2, column: 14, mentions: ["at least 1KiB"]),
         BadFile(yaml: "name: a\nname: b\n", line: 1, column: 1, mentions: ["duplicate key 'name'"]),
         BadFile(yaml: "vm:\n  bundle: [unclosed\n", line: 3, column: 1, mentions: ["invalid YAML"]),

@@ -51,7 +51,10 @@ public final class MetricsServer: @unchecked Sendable {
             var address = sockaddr_in6()
             address.sin6_family = sa_family_t(AF_INET6)
             address.sin6_port = in_port_t(UInt16(requestedPort).bigEndian)
-            inet_pton(AF_INET6, host, &address.sin6_addr)
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
+                close(fd)
+                throw Failure(description: "metrics.listen: '\(host)' is not an IP address")
+            }
             bound = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
             }

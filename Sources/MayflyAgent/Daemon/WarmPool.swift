@@ -33,6 +33,8 @@ public actor WarmPool {
     private var filling = false
     private var stopped = false
     private var refill: Task<Void, Never>?
+    /// Bumped when the kind of entry changes (`boot`): a fill begun before is discarded.
+    private var generation = 0
 
     public init(launcher: VMLauncher, bundle: BundleDirectory, size: Int, maxAge: Duration, boot: Bool, logger: Logger) {
         self.launcher = launcher
@@ -59,8 +61,12 @@ public actor WarmPool {
         self.size = size
         if boot != self.boot {
             self.boot = boot
-            await discard(ready)
+            generation += 1
+            // Take the entries out before the first suspension: a fill that ends meanwhile
+            // appends to the emptied list, and is not lost unstopped.
+            let old = ready
             ready.removeAll()
+            await discard(old)
         }
         while ready.count > size { await discard([ready.removeLast()]) }
     }
@@ -81,8 +87,9 @@ public actor WarmPool {
         stopped = true
         refill?.cancel()
         await refill?.value
-        await discard(ready)
+        let old = ready
         ready.removeAll()
+        await discard(old)
     }
 
     private func discard(_ entries: [Ready]) async {
@@ -115,6 +122,7 @@ public actor WarmPool {
         guard !stopped, !filling, ready.count < size else { return }
         filling = true
         defer { filling = false }
+        let started = generation
         let job = "warm-\(UUID().uuidString.prefix(8).lowercased())"
         let lifetime = maxAge + .seconds(3600)
         do {
@@ -125,7 +133,8 @@ public actor WarmPool {
                 // A persistent connection then lets the job's first session skip the handshake.
                 do {
                     _ = try await GuestConnection.waitUntilReady(
-                        running.machine.ssh, timeout: launcher.options.bootTimeout,
+                        running.machine.ssh,
+                        timeout: max(.seconds(1), launcher.options.bootTimeout - running.machine.timings.boot),
                         cloudInit: running.machine.bundle.manifest.guest.provision == .cloudInit)
                     let master = try await SSHMaster.start(running.machine.ssh, controlPath: running.controlSocketPath)
                     running.attach(master, controlPath: running.controlSocketPath)
@@ -138,7 +147,7 @@ public actor WarmPool {
                 entry = .clone(
                     try await launcher.cloner.makeClone(bundle: bundle, server: "warm-pool", job: job, lifetime: lifetime))
             }
-            if stopped || ready.count >= size {
+            if stopped || ready.count >= size || generation != started {
                 await discard([entry])
             } else {
                 ready.append(entry)

@@ -177,8 +177,10 @@ public struct JobRunner: Sendable {
             }
             recorder.start(.connect)
             if !prebooted {
+                // `boot_timeout` runs from QEMU's start to a usable guest: the boot phase used part of it.
+                let left = max(.seconds(1), vmOptions.bootTimeout - vm.timings.boot)
                 _ = try await GuestConnection.waitUntilReady(
-                    vm.ssh, timeout: vmOptions.bootTimeout, cloudInit: vm.bundle.manifest.guest.provision == .cloudInit)
+                    vm.ssh, timeout: left, cloudInit: vm.bundle.manifest.guest.provision == .cloudInit)
             }
             recorder.finish(.connect)
 
