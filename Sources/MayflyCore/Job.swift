@@ -18,6 +18,9 @@ public struct Job: Sendable {
     public var bundle: String?
     /// Where the script starts inside the guest; `nil` means the bundle's `guest.workdir`.
     public var workingDirectory: String?
+    /// What the job asks for that Mayfly does not do (artifacts, cache, services), said in its
+    /// log as warnings so that nothing is skipped silently.
+    public var notices: [String] = []
 
     public static let defaultAfterScriptTimeout: Duration = .seconds(300)
 

@@ -13,6 +13,22 @@ public struct JobPayload: Sendable, Decodable {
     public let variables: [Variable]?
     public let steps: [Step]?
     public let features: Features?
+    public let hooks: [Hook]?
+    /// Only counted: Mayfly does not upload artifacts, restore caches or start services yet.
+    public let artifacts: [Ignored]?
+    public let cache: [Ignored]?
+    public let services: [Ignored]?
+
+    /// A `hooks` entry (`pre_get_sources_script`).
+    public struct Hook: Sendable, Decodable {
+        public let name: String
+        public let script: [String]?
+    }
+
+    /// Any JSON value, skipped.
+    public struct Ignored: Sendable, Decodable {
+        public init(from decoder: any Decoder) throws {}
+    }
 
     public struct JobInfo: Sendable, Decodable {
         public let id: Int?
@@ -90,7 +106,7 @@ public struct JobPayload: Sendable, Decodable {
         case jobInfo = "job_info"
         case gitInfo = "git_info"
         case runnerInfo = "runner_info"
-        case variables, steps, features
+        case variables, steps, features, hooks, artifacts, cache, services
     }
 
     /// Reads a payload; a payload that is not a job (no id or token, wrong shapes) throws with a
@@ -158,7 +174,22 @@ public enum JobPayloadMapping {
         var job = Job(
             id: "\(payload.id)", script: main.script ?? [], afterScript: [], variables: variables, timeout: timeout,
             workingDirectory: projectDirectory)
-        job.prologue = sources
+        // `hooks:pre_get_sources_script` runs before the sources are fetched, in the same shell.
+        let preGetSources = payload.hooks?.first { $0.name == "pre_get_sources_script" }?.script ?? []
+        job.prologue = preGetSources + sources
+        for unsupported in payload.hooks ?? [] where unsupported.name != "pre_get_sources_script" {
+            job.notices.append("the hook '\(unsupported.name)' is not supported by Mayfly and was not run")
+        }
+        if let count = payload.artifacts?.count, count > 0 {
+            job.notices.append("the job defines artifacts; Mayfly does not upload artifacts, so none were uploaded")
+        }
+        if let count = payload.cache?.count, count > 0 {
+            job.notices.append(
+                "the job defines a cache; Mayfly does not restore or save caches (each job starts from the bundle)")
+        }
+        if let count = payload.services?.count, count > 0 {
+            job.notices.append("the job defines services; Mayfly does not start service containers")
+        }
         if let after = steps.first(where: { $0.name == "after_script" }) {
             job.afterScript = after.script ?? []
             if let seconds = after.timeout, seconds > 0 { job.afterScriptTimeout = .seconds(seconds) }

@@ -45,6 +45,18 @@ struct CommandLineTests {
             let missing = try runMayfly(["config", "check", "--config", directory.appendingPathComponent("none.yaml").path])
             #expect(missing.status == 78)
             #expect(missing.stderr.contains("does not exist"))
+
+            // A bundle that is not installed: a warning for check, an error for run, both at its line.
+            let noBundle = directory.appendingPathComponent("nobundle.yaml")
+            let text = "work_dir: \(directory.path)\nservers:\n  - url: https://ci.example.org\n    token: glrt-x\n"
+            try (text + "vm:\n  bundle: debain-12\n").write(to: noBundle, atomically: true, encoding: .utf8)
+            let checked = try runMayfly(["config", "check", "--config", noBundle.path])
+            #expect(checked.status == 0, "\(checked.stderr)")
+            #expect(checked.stderr.contains("warning: \(noBundle.path):6:11: 'vm.bundle'"), "\(checked.stderr)")
+            #expect(checked.stderr.contains("no bundle named 'debain-12'"))
+            let run = try runMayfly(["run", "--config", noBundle.path])
+            #expect(run.status == 78, "\(run.stderr)")
+            #expect(run.stderr.contains("\(noBundle.path):6:11: 'vm.bundle'"), "\(run.stderr)")
         }
     }
 

@@ -125,6 +125,30 @@ struct GitLabUnitTests {
         #expect(clone.prologue.joined().contains("--depth 3 "))
     }
 
+    @Test(
+        "pre_get_sources_script runs before the sources; artifacts, cache and services are named in warnings, not skipped silently"
+    )
+    func hooksAndUnsupported() throws {
+        let extra = #"""
+            "hooks": [{"name": "pre_get_sources_script", "script": ["echo before-sources"]}],
+            "artifacts": [{"name": "out", "untracked": false, "paths": ["out/"], "when": "on_success", "expire_in": "1 day", "artifact_type": "archive", "artifact_format": "zip"}],
+            "cache": [{"key": "k", "untracked": false, "paths": ["vendor/"], "policy": "pull-push", "when": "on_success", "fallback_keys": []}],
+            "services": [{"name": "postgres:16", "alias": "db", "command": ["postgres"], "entrypoint": "/bin/sh"}],
+            "image": {"name": "debian:12", "entrypoint": ["/bin/sh"]},
+            "variables": [
+            """#
+        let text = Self.payload.replacingOccurrences(of: "\"variables\": [", with: extra)
+        let job = try JobPayloadMapping.job(from: JobPayload.decode(Array(text.utf8)))
+        #expect(job.prologue.first == "echo before-sources", "the hook comes before the sources")
+        #expect(job.prologue.joined(separator: "\n").contains("git checkout"))
+        #expect(job.notices.count == 3)
+        #expect(job.notices.contains { $0.contains("artifacts") })
+        #expect(job.notices.contains { $0.contains("cache") })
+        #expect(job.notices.contains { $0.contains("services") })
+        let plain = try JobPayloadMapping.job(from: JobPayload.decode(Array(Self.payload.utf8)))
+        #expect(plain.notices.isEmpty)
+    }
+
     @Test("payloads Mayfly cannot run are refused with a reason; broken JSON still yields id and token")
     func unusable() throws {
         let noScript = Self.payload.replacingOccurrences(of: "\"name\": \"script\"", with: "\"name\": \"release\"")

@@ -28,6 +28,23 @@ public struct Configuration: Sendable {
     /// Things that are allowed but unwise (an inline token, verification off), with where.
     public var warnings: [ConfigurationError]
 
+    /// Finds `vm.bundle`; a missing or broken bundle is a configuration error at the line that
+    /// names it (the file alone when the key is missing).
+    public func locateBundle() throws(ConfigurationError) -> BundleDirectory {
+        let file = source ?? Configuration.defaultPath
+        guard let bundle = vm.bundle else {
+            throw ConfigurationError(
+                file: file, line: 0, column: 0, message: "'vm.bundle' is not set: jobs from a CI server need it")
+        }
+        do {
+            return try BundleDirectory.locate(bundle, bundlesDirectory: bundlesDirectory)
+        } catch {
+            throw ConfigurationError(
+                file: file, line: vm.bundleSource?.line ?? 0, column: vm.bundleSource?.column ?? 0,
+                message: "'vm.bundle': \(error)")
+        }
+    }
+
     public init(name: String) {
         source = nil
         self.name = name
@@ -63,6 +80,8 @@ public struct VMSection: Sendable {
 
     /// A bundle directory, or the name of one under `<work_dir>/bundles`.
     public var bundle: String?
+    /// Where `bundle` was set (line, column), for errors about the bundle it names.
+    public var bundleSource: (line: Int, column: Int)?
     /// `nil`: the bundle's default.
     public var cpus: Int?
     /// `nil`: the bundle's default.

@@ -118,6 +118,7 @@ public struct ConfigurationLoader: Sendable {
             if text.isEmpty { throw bundle.error("'vm.bundle' must not be empty") }
             // A bare name means a bundle under <work_dir>/bundles; anything with a slash is a path.
             vm.bundle = text.contains("/") ? try resolve(text, against: baseDirectory, at: bundle) : text
+            vm.bundleSource = (bundle.line, bundle.column)
         }
         if let cpus = section["cpus"] { vm.cpus = try cpus.int(in: 1...256) }
         if let memory = section["memory"] { vm.memory = try memory.size(atLeast: .mebibytes(64)) }

@@ -100,6 +100,7 @@ public struct JobRunner: Sendable {
         let recorder = PhaseClock(events: events)
         let timeout = effectiveTimeout(for: job)
         await log.line("Running with mayfly \(MayflyVersion.current) on \(configuration.name), job \(job.id)")
+        for notice in job.notices { await log.line("WARNING: \(notice)") }
 
         let outcome: JobOutcome
         do {

@@ -246,6 +246,15 @@ public struct VMLauncher: Sendable {
                 network = try await PasstProcess.start(
                     directory: clone.networkDirectory, executable: options.network.passtExecutable)
             }
+            // Recorded as soon as each process runs, so that an agent that dies in between leaves
+            // nothing the reaper cannot find (best effort here; the full record follows below).
+            func record(qemu: ProcessIdentity?) {
+                guard var record = clone.record() else { return }
+                record.network = network?.identity
+                if let qemu { record.qemu = qemu }
+                try? record.write(to: clone.ownerPath)
+            }
+            if network != nil { record(qemu: nil) }
             let spec = QEMUMachineSpec(
                 name: clone.key, accelerator: accelerator, cpus: options.cpus ?? manifest.cpus,
                 memory: options.memory ?? manifest.memory,
@@ -262,7 +271,7 @@ public struct VMLauncher: Sendable {
             do {
                 let qemu: QEMUProcess
                 do {
-                    qemu = try await QEMUProcess.start(configuration, logger: logger)
+                    qemu = try await QEMUProcess.start(configuration, logger: logger) { record(qemu: $0) }
                 } catch {
                     await network?.stop()
                     throw error

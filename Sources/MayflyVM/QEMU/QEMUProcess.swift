@@ -43,7 +43,11 @@ public final class QEMUProcess: Sendable {
     /// Spawns QEMU and waits until its QMP socket answers. Throws `qemuFailed` with QEMU's
     /// standard error when it exits before that (the caller classifies lock failures), or when
     /// the socket does not answer within `startTimeout` (QEMU is killed first).
-    public static func start(_ configuration: Configuration, logger: Logger) async throws -> QEMUProcess {
+    /// `spawned` hears of the process as soon as it runs, before QMP answers (the caller records it
+    /// for crash recovery).
+    public static func start(
+        _ configuration: Configuration, logger: Logger, spawned onSpawn: (ProcessIdentity) -> Void = { _ in }
+    ) async throws -> QEMUProcess {
         let spawned: SupervisedProcess
         do {
             spawned = try await SupervisedProcess.spawn(
@@ -51,6 +55,7 @@ public final class QEMUProcess: Sendable {
         } catch {
             throw VMError.qemuFailed(what: "could not be started", detail: error.reason.description)
         }
+        onSpawn(spawned.identity)
         let process = QEMUProcess(process: spawned, qmp: QMPClient(socketPath: configuration.qmpSocket), logger: logger)
 
         let clock = ContinuousClock()

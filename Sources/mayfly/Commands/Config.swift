@@ -17,7 +17,12 @@ struct Config: ParsableCommand {
 
         func run() throws {
             let configuration = try options.load()
-            for warning in configuration.warnings {
+            var warnings = configuration.warnings
+            // A bundle that is not there (yet) is worth knowing, but may be installed later.
+            if configuration.vm.bundle != nil {
+                do { _ = try configuration.locateBundle() } catch { warnings.append(error) }
+            }
+            for warning in warnings {
                 FileHandle.standardError.write(Data("mayfly: warning: \(warning)\n".utf8))
             }
             print(configuration.rendered(), terminator: "")

@@ -31,11 +31,7 @@ struct Run: AsyncParsableCommand {
                 file: options.config, line: 0, column: 0,
                 message: "'servers' lists no CI server; add one (or use `mayfly register`)")
         }
-        guard let bundle = configuration.vm.bundle else {
-            throw ConfigurationError(
-                file: options.config, line: 0, column: 0, message: "'vm.bundle' is not set: jobs from a CI server need it")
-        }
-        _ = try BundleDirectory.locate(bundle, bundlesDirectory: configuration.bundlesDirectory)
+        _ = try configuration.locateBundle()
         try FileManager.default.createDirectory(atPath: configuration.workDirectory, withIntermediateDirectories: true)
         let systemID = try SystemID.load(workDirectory: configuration.workDirectory)
 
