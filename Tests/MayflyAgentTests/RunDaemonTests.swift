@@ -372,6 +372,49 @@ struct RunDaemonTests {
         }
     }
 
+    @Test("a reload that changes vm.bundle replaces the warm pool: the old bundle's clones go, the new one's come")
+    func warmPoolFollowsReload() async throws {
+        try await withTemporaryDirectory { directory in
+            let server = try await FakeGitLab()
+            let config = try writeConfig(directory, server: server)
+            let text = try String(contentsOfFile: config, encoding: .utf8)
+            try (text + "\nwarm_pool: { size: 1, max_age: 5m }\n").write(toFile: config, atomically: true, encoding: .utf8)
+            let run = try MayflyProcess(
+                ["run", "--config", config], in: directory.appendingPathComponent("run").creatingDirectory())
+            defer { if run.process.isRunning { kill(run.process.processIdentifier, SIGKILL) } }
+            let clones = directory.appendingPathComponent("work/clones")
+            func warmBundles() -> [String] {
+                ((try? FileManager.default.contentsOfDirectory(atPath: clones.path)) ?? []).filter { $0.hasPrefix("warm-") }.map {
+                    let owner = clones.appendingPathComponent($0).appendingPathComponent("owner.json").path
+                    return (try? String(contentsOfFile: owner, encoding: .utf8)) ?? ""
+                }
+            }
+            let tiny = try TestBundle.tinyPath()
+            let uefi = try TestBundle.tinyUEFIPath()
+            #expect(await eventually(timeout: .seconds(20)) { warmBundles().count == 1 }, "the pool fills")
+            #expect(
+                warmBundles().allSatisfy { $0.contains(tiny.replacingOccurrences(of: "/", with: "\\/")) || $0.contains(tiny) })
+
+            let reloaded = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(
+                of: "bundle: \(tiny),", with: "bundle: \(uefi),")
+            #expect(reloaded.contains(uefi))
+            try reloaded.write(toFile: config, atomically: true, encoding: .utf8)
+            kill(run.process.processIdentifier, SIGHUP)
+            #expect(
+                await eventually(timeout: .seconds(30)) {
+                    let bundles = warmBundles()
+                    return bundles.count == 1 && bundles.allSatisfy { $0.contains("tiny-uefi") }
+                }, "the pool now holds a clone of the new bundle only: \(warmBundles())")
+            #expect(run.errors.contains("emptying the old pool"))
+
+            kill(run.process.processIdentifier, SIGTERM)
+            #expect(await run.waitSamplingMemory().status == 0)
+            #expect(warmBundles().isEmpty, "shutdown deletes the warm clones")
+            await expectNothingLeft(directory.appendingPathComponent("work"))
+            server.stop()
+        }
+    }
+
     @Test("shutdown_timeout and a second SIGINT stop running jobs: reported failed with a line in their log, nothing left")
     func forcedShutdown() async throws {
         try await withGuestSlot {

@@ -26,29 +26,41 @@ public final class RunnerDaemon: Sendable {
         var pollers: [Task<Void, Never>] = []
         var jobs: [Int: RunningJob] = [:]
         var nextJob = 0
+        var pool: WarmPool?
+        var poolKey: String?
+        var started = false
     }
 
     private let state: Mutex<State>
-    /// Clones of `vm.bundle` made ahead of jobs (`warm_pool.size` > 0).
-    public let warmPool: WarmPool?
+
+    /// Clones of `vm.bundle` made ahead of jobs (`warm_pool.size` > 0). A reload that changes
+    /// the bundle or the VM settings replaces the pool (the old one is emptied); one that only
+    /// changes its size, age or boot mode resizes it.
+    public var warmPool: WarmPool? { state.withLock { $0.pool } }
 
     public init(configuration: Configuration, sources: [any JobSource], logger: Logger) {
         self.logger = logger
         slots = JobSlots(configuration.concurrency)
-        state = Mutex(State(configuration: configuration, sources: sources))
-        if configuration.warmPool.size > 0, let name = configuration.vm.bundle,
-            let bundle = try? BundleDirectory.locate(name, bundlesDirectory: configuration.bundlesDirectory)
-        {
-            let launcher = VMLauncher(
-                workDirectory: configuration.workDirectory,
-                options: JobRunner(configuration: configuration, logger: logger).vmOptions,
-                logger: logger)
-            warmPool = WarmPool(
-                launcher: launcher, bundle: bundle, size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge,
-                boot: configuration.warmPool.boot, logger: logger)
-        } else {
-            warmPool = nil
+        var initial = State(configuration: configuration, sources: sources)
+        if let (pool, key) = Self.makePool(configuration, logger: logger) {
+            initial.pool = pool
+            initial.poolKey = key
         }
+        state = Mutex(initial)
+    }
+
+    /// A warm pool for `configuration`, and what it depends on (the bundle and VM settings), or
+    /// nil when the configuration has none.
+    private static func makePool(_ configuration: Configuration, logger: Logger) -> (WarmPool, String)? {
+        guard configuration.warmPool.size > 0, let name = configuration.vm.bundle,
+            let bundle = try? BundleDirectory.locate(name, bundlesDirectory: configuration.bundlesDirectory)
+        else { return nil }
+        let options = JobRunner(configuration: configuration, logger: logger).vmOptions
+        let launcher = VMLauncher(workDirectory: configuration.workDirectory, options: options, logger: logger)
+        let pool = WarmPool(
+            launcher: launcher, bundle: bundle, size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge,
+            boot: configuration.warmPool.boot, logger: logger)
+        return (pool, "\(bundle.path)|\(configuration.workDirectory)|\(options)")
     }
 
     /// The configuration new jobs get (it changes on reload).
@@ -72,14 +84,30 @@ public final class RunnerDaemon: Sendable {
         }
         for poller in old { poller.cancel() }
         if !accepting { for poller in fresh { poller.cancel() } }
-        if let warmPool {
-            Task {
-                await warmPool.resize(
-                    size: configuration.warmPool.size, maxAge: configuration.warmPool.maxAge, boot: configuration.warmPool.boot)
-            }
-        }
+        reconfigurePool(configuration)
         guard accepting else { return }
         logger.info("configuration reloaded: \(sources.count) server(s), concurrency \(configuration.concurrency)")
+    }
+
+    private func reconfigurePool(_ configuration: Configuration) {
+        let made = Self.makePool(configuration, logger: logger)
+        let (keep, retired, fresh, started) = state.withLock {
+            state -> (WarmPool?, WarmPool?, WarmPool?, Bool) in
+            if let current = state.pool, made?.1 == state.poolKey { return (current, nil, nil, state.started) }
+            let retired = state.pool
+            state.pool = made?.0
+            state.poolKey = made?.1
+            return (nil, retired, made?.0, state.started)
+        }
+        let size = configuration.warmPool
+        Task {
+            if let keep { await keep.resize(size: size.size, maxAge: size.maxAge, boot: size.boot) }
+            if let retired {
+                logger.info("the warm pool's bundle or VM settings changed: emptying the old pool")
+                await retired.stop()
+            }
+            if started, let fresh { await fresh.start() }
+        }
     }
 
     /// Whether the agent is asking for jobs and at least one server answered lately (`/health`).
@@ -114,6 +142,7 @@ public final class RunnerDaemon: Sendable {
             "mayfly \(MayflyVersion.current) taking jobs from \(sources.map(\.name).joined(separator: ", ")) (concurrency \(configuration.concurrency))"
         )
         await maintain()
+        state.withLock { $0.started = true }
         await warmPool?.start()
         let maintenance = Task {
             while !Task.isCancelled {
