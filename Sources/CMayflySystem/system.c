@@ -2,6 +2,7 @@
 #include "CMayflySystem.h"
 
 #include <fcntl.h>
+#include <link.h>
 #include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,20 +52,54 @@ int mayfly_pidfd_send_signal(int pidfd, int signal) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0);
 }
 
+/// A mapping that may be trimmed: private, read-only, file-backed, unlocked, with no private
+/// page (resident or swapped).
+struct trim_range {
+    unsigned long start, end;
+    long long rss_kib;
+    int trimmed;
+};
+
+struct trim_context {
+    struct trim_range *ranges;
+    int count;
+    unsigned long page;
+};
+
+/// For each read-only PT_LOAD segment of each loaded object (code, constants: never RELRO,
+/// which lives in a writable segment), drops the pages of the qualifying mappings inside it.
+/// Runs under the dynamic loader's lock, so no object can be unloaded meanwhile.
+static int trim_object(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    struct trim_context *context = data;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *header = &info->dlpi_phdr[i];
+        if (header->p_type != PT_LOAD || (header->p_flags & PF_W) != 0 || header->p_memsz == 0) continue;
+        unsigned long first = (info->dlpi_addr + header->p_vaddr) & ~(context->page - 1);
+        unsigned long last = (info->dlpi_addr + header->p_vaddr + header->p_memsz + context->page - 1) & ~(context->page - 1);
+        for (int r = 0; r < context->count; r++) {
+            struct trim_range *range = &context->ranges[r];
+            unsigned long from = range->start > first ? range->start : first;
+            unsigned long to = range->end < last ? range->end : last;
+            if (from >= to) continue;
+            if (madvise((void *)from, to - from, MADV_DONTNEED) == 0) range->trimmed = 1;
+        }
+    }
+    return 0;
+}
+
 long long mayfly_trim_file_mappings(void) {
     FILE *smaps = fopen("/proc/self/smaps", "re");
     if (smaps == NULL) return -1;
     enum { capacity = 4096 };
-    unsigned long *starts = malloc(sizeof(unsigned long) * capacity * 2);
-    if (starts == NULL) {
+    struct trim_range *ranges = calloc(capacity, sizeof(struct trim_range));
+    if (ranges == NULL) {
         fclose(smaps);
         return -1;
     }
-    unsigned long *ends = starts + capacity;
     int count = 0;
-    long long released = 0;
     unsigned long start = 0, end = 0;
-    long long rss = 0, anonymous = 1;
+    long long rss = 0, anonymous = 1, swapped = 1;
     int candidate = 0;
     char line[4096];
     while (fgets(line, sizeof line, smaps) != NULL) {
@@ -78,27 +113,33 @@ long long mayfly_trim_file_mappings(void) {
             end = b;
             rss = 0;
             anonymous = 1;
+            swapped = 1;
             // Private, readable, not writable, backed by a file (code and constants).
             candidate = path[0] == '/' && strncmp(path, "/dev/", 5) != 0 && perms[0] == 'r' && perms[1] == '-' && perms[3] == 'p';
         } else if (sscanf(line, "Rss: %lld kB", &kilobytes) == 1) {
             rss = kilobytes;
         } else if (sscanf(line, "Anonymous: %lld kB", &kilobytes) == 1) {
             anonymous = kilobytes;
+        } else if (sscanf(line, "Swap: %lld kB", &kilobytes) == 1) {
+            swapped = kilobytes;
         } else if (strncmp(line, "VmFlags:", 8) == 0) {
             int locked = strstr(line, " lo") != NULL;
-            if (candidate && anonymous == 0 && rss > 0 && !locked && count < capacity) {
-                starts[count] = start;
-                ends[count] = end;
+            // A private page that was written (copy-on-write) counts as Anonymous while resident
+            // and as Swap once swapped out: either way the mapping is left alone.
+            if (candidate && anonymous == 0 && swapped == 0 && rss > 0 && !locked && count < capacity) {
+                ranges[count] = (struct trim_range){.start = start, .end = end, .rss_kib = rss, .trimmed = 0};
                 count++;
-                released += rss * 1024;
             }
             candidate = 0;
         }
     }
     fclose(smaps);
+    struct trim_context context = {.ranges = ranges, .count = count, .page = (unsigned long)sysconf(_SC_PAGESIZE)};
+    if (count > 0) dl_iterate_phdr(trim_object, &context);
+    long long released = 0;
     for (int i = 0; i < count; i++) {
-        (void)madvise((void *)starts[i], ends[i] - starts[i], MADV_DONTNEED);
+        if (ranges[i].trimmed) released += ranges[i].rss_kib * 1024;
     }
-    free(starts);
+    free(ranges);
     return released;
 }

@@ -13,11 +13,18 @@ public struct JobPayload: Sendable, Decodable {
     public let variables: [Variable]?
     public let steps: [Step]?
     public let features: Features?
-    public let hooks: [Hook]?
+    /// Read leniently: a shape Mayfly does not expect here never fails the whole job.
+    public let hooks: Lenient<[Hook]>?
     /// Only counted: Mayfly does not upload artifacts, restore caches or start services yet.
-    public let artifacts: [Ignored]?
-    public let cache: [Ignored]?
-    public let services: [Ignored]?
+    public let artifacts: Lenient<[Ignored]>?
+    public let cache: Lenient<[Ignored]>?
+    public let services: Lenient<[Ignored]>?
+
+    /// A value that is `nil` when it does not decode, instead of failing what contains it.
+    public struct Lenient<Value: Decodable & Sendable>: Decodable, Sendable {
+        public let value: Value?
+        public init(from decoder: any Decoder) throws { value = try? Value(from: decoder) }
+    }
 
     /// A `hooks` entry (`pre_get_sources_script`).
     public struct Hook: Sendable, Decodable {
@@ -175,19 +182,23 @@ public enum JobPayloadMapping {
             id: "\(payload.id)", script: main.script ?? [], afterScript: [], variables: variables, timeout: timeout,
             workingDirectory: projectDirectory)
         // `hooks:pre_get_sources_script` runs before the sources are fetched, in the same shell.
-        let preGetSources = payload.hooks?.first { $0.name == "pre_get_sources_script" }?.script ?? []
+        let hooks = payload.hooks?.value ?? []
+        let preGetSources = hooks.first { $0.name == "pre_get_sources_script" }?.script ?? []
         job.prologue = preGetSources + sources
-        for unsupported in payload.hooks ?? [] where unsupported.name != "pre_get_sources_script" {
+        for unsupported in hooks where unsupported.name != "pre_get_sources_script" {
             job.notices.append("the hook '\(unsupported.name)' is not supported by Mayfly and was not run")
         }
-        if let count = payload.artifacts?.count, count > 0 {
+        if payload.hooks != nil && payload.hooks?.value == nil {
+            job.notices.append("the job's hooks could not be read; none were run")
+        }
+        if let count = payload.artifacts?.value?.count, count > 0 {
             job.notices.append("the job defines artifacts; Mayfly does not upload artifacts, so none were uploaded")
         }
-        if let count = payload.cache?.count, count > 0 {
+        if let count = payload.cache?.value?.count, count > 0 {
             job.notices.append(
                 "the job defines a cache; Mayfly does not restore or save caches (each job starts from the bundle)")
         }
-        if let count = payload.services?.count, count > 0 {
+        if let count = payload.services?.value?.count, count > 0 {
             job.notices.append("the job defines services; Mayfly does not start service containers")
         }
         if let after = steps.first(where: { $0.name == "after_script" }) {

@@ -147,6 +147,12 @@ struct GitLabUnitTests {
         #expect(job.notices.contains { $0.contains("services") })
         let plain = try JobPayloadMapping.job(from: JobPayload.decode(Array(Self.payload.utf8)))
         #expect(plain.notices.isEmpty)
+        // Shapes Mayfly does not expect in these keys never fail the job.
+        let odd = Self.payload.replacingOccurrences(
+            of: "\"variables\": [", with: #""hooks": {"x": 1}, "artifacts": "all", "cache": 3, "variables": ["#)
+        let tolerated = try JobPayloadMapping.job(from: JobPayload.decode(Array(odd.utf8)))
+        #expect(tolerated.script == ["make test"])
+        #expect(tolerated.notices.contains { $0.contains("hooks could not be read") })
     }
 
     @Test("payloads Mayfly cannot run are refused with a reason; broken JSON still yields id and token")

@@ -76,10 +76,15 @@ struct ReaperTests {
                 ["-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-name", "mayfly-\(overdue.key)"])
             #expect(await eventually { ProcessIdentity.of(pid: qemu.pid) != nil })
             var record = try #require(overdue.record())
-            record.deadline = Date().addingTimeInterval(-1)
+            record.deadline = Date().addingTimeInterval(-CloneReaper.liveOwnerSlack - 1)
             record.qemu = try #require(ProcessIdentity.of(pid: qemu.pid))
             try record.write(to: overdue.ownerPath)
             let current = try await cloner.makeClone(bundle: bundle, server: "s", job: "current", lifetime: .seconds(600)).clone
+            // Just past its deadline, within the slack kept for clock steps: left alone.
+            let recent = try await cloner.makeClone(bundle: bundle, server: "s", job: "recent", lifetime: .seconds(600)).clone
+            var recentRecord = try #require(recent.record())
+            recentRecord.deadline = Date().addingTimeInterval(-60)
+            try recentRecord.write(to: recent.ownerPath)
 
             let reaped = await CloneReaper(workDirectory: directory.path, runtimeBase: runtime, logger: logger).reap()
             #expect(reaped.map(\.path) == [overdue.path])
@@ -87,8 +92,10 @@ struct ReaperTests {
             #expect(await eventually { !qemu.process.isRunning }, "the overdue clone's QEMU was killed")
             #expect(!FileManager.default.fileExists(atPath: overdue.path))
             #expect(FileManager.default.fileExists(atPath: current.path), "a live owner's clone within its deadline stays")
+            #expect(FileManager.default.fileExists(atPath: recent.path), "a minute past its deadline is within the slack")
             #expect(log.allText.contains("overdue"))
             cloner.remove(current)
+            cloner.remove(recent)
         }
     }
 

@@ -23,11 +23,13 @@ int mayfly_pidfd_open(pid_t pid);
 /// pidfd_send_signal(2): signals the process behind a pidfd; ESRCH once it has been reaped.
 int mayfly_pidfd_send_signal(int pidfd, int signal);
 
-/// Drops this process's page-table entries for the pages of clean, private, read-only file
-/// mappings (program and library code and constants) with madvise(MADV_DONTNEED); the pages stay
-/// in the page cache and are mapped again on their next use. Mappings with any private
-/// (copy-on-write) page, writable ones and locked ones are left alone. Returns the resident
-/// bytes of the mappings it dropped, or -1 with errno set if /proc/self/smaps cannot be read.
+/// Drops this process's page-table entries for the clean pages of its loaded programs and
+/// libraries (the read-only PT_LOAD segments: code and constants) with madvise(MADV_DONTNEED);
+/// the pages stay in the page cache and are mapped again on their next use. Only private,
+/// read-only, file-backed, unlocked mappings with no written page (resident or swapped) are
+/// touched; writable segments (data, RELRO), anonymous memory and files mapped by other code
+/// never are. Returns the resident bytes of the mappings it trimmed, or -1 with errno set if
+/// /proc/self/smaps cannot be read.
 long long mayfly_trim_file_mappings(void);
 
 #endif

@@ -4,9 +4,10 @@ import Logging
 /// Gives back the agent's resident code pages while no job runs. Start-up, configuration
 /// parsing and a job's run touch megabytes of Swift runtime, Foundation and OpenSSL code that an
 /// idle long poll never runs again; the kernel keeps them mapped (and counted in RSS) until
-/// memory runs short. Trimming drops this process's mappings of those clean, read-only file pages
-/// (they stay in the page cache, nothing is read from disk again): what is resident afterwards
-/// is what idling actually uses. Anonymous memory (heap, stacks, relocated data) is never touched.
+/// memory runs short. Trimming drops this process's mappings of those clean pages — the read-only
+/// segments of the loaded program and libraries, never a page that was written or swapped — (they
+/// stay in the page cache, nothing is read from disk again): what is resident afterwards is what
+/// idling actually uses. Anonymous memory (heap, stacks, relocated data) is never touched.
 /// `RunnerDaemon` trims every `interval` while no job runs, and when the last job ends; a
 /// trim reads `/proc/self/smaps` (about a millisecond), so it runs off the cooperative pool.
 enum IdleTrim {

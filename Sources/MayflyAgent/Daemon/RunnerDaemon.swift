@@ -93,6 +93,8 @@ public final class RunnerDaemon: Sendable {
         let made = Self.makePool(configuration, logger: logger)
         let (keep, retired, fresh, started) = state.withLock {
             state -> (WarmPool?, WarmPool?, WarmPool?, Bool) in
+            // Shutting down: the pool is being emptied, and no new one is made.
+            guard state.accepting else { return (nil, nil, nil, false) }
             if let current = state.pool, made?.1 == state.poolKey { return (current, nil, nil, state.started) }
             let retired = state.pool
             state.pool = made?.0
@@ -178,7 +180,12 @@ public final class RunnerDaemon: Sendable {
             if jobs.isEmpty { break }
             for job in jobs { await job.task.value }
         }
-        await warmPool?.stop()
+        let pool = state.withLock { state -> WarmPool? in
+            let pool = state.pool
+            state.pool = nil
+            return pool
+        }
+        await pool?.stop()
         logger.info("stopped: no job running, no job requested")
     }
 

@@ -47,7 +47,7 @@ public actor WarmPool {
 
     /// Starts keeping the pool full (and recycling old entries) until `stop()`.
     public func start() {
-        guard refill == nil else { return }
+        guard refill == nil, !stopped else { return }
         refill = Task { [weak self] in
             while !Task.isCancelled {
                 await self?.maintain()
@@ -57,9 +57,12 @@ public actor WarmPool {
     }
 
     public func resize(size: Int, maxAge: Duration, boot: Bool) async {
+        // A longer max_age would outlive the deadline written into the ready clones' records
+        // (the reaper would take them): those are remade, as for a change of boot mode.
+        let outlived = maxAge > self.maxAge
         self.maxAge = maxAge
         self.size = size
-        if boot != self.boot {
+        if boot != self.boot || outlived {
             self.boot = boot
             generation += 1
             // Take the entries out before the first suspension: a fill that ends meanwhile

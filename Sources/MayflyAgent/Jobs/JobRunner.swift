@@ -149,15 +149,24 @@ public struct JobRunner: Sendable {
             if let duration { recorder.finish(JobPhase(phase), duration) } else { recorder.start(JobPhase(phase)) }
         }
         let running: RunningVM
-        let warm = await warmPool?.take(for: bundle)
+        var warm = await warmPool?.take(for: bundle)
         switch warm {
         case .booted(let vm)?:
-            await log.line("Using a VM from the warm pool (already booted)")
-            for phase in [VMPhase.clone, .grace, .lock, .boot] {
-                onPhase(phase, nil)
-                onPhase(phase, .zero)
+            do {
+                running = try await launcher.adopt(vm, server: server, job: job.id, lifetime: lifetime)
+                await log.line("Using a VM from the warm pool (already booted)")
+                for phase in [VMPhase.clone, .grace, .lock, .boot] {
+                    onPhase(phase, nil)
+                    onPhase(phase, .zero)
+                }
+            } catch {
+                // The warm VM is gone (adopt stopped it); the job still gets a VM.
+                if Task.isCancelled { throw error }
+                await log.line("The warm pool's VM could not be taken over (\(error)); preparing a fresh one")
+                warm = nil
+                running = try await launcher.start(
+                    bundle: bundle, server: server, job: job.id, lifetime: lifetime, onPhase: onPhase)
             }
-            running = try await launcher.adopt(vm, server: server, job: job.id, lifetime: lifetime)
         case .clone(let made)?:
             await log.line("Using a clone from the warm pool")
             running = try await launcher.start(

@@ -7,13 +7,15 @@ import MayflyCore
 /// is still that same QEMU (same start time, and its command line names the clone), it is killed
 /// first, and so is its passt. Clones of a live owner are left alone, whatever their names, until
 /// their deadline (the job's timeout plus boot and a margin; a warm clone's maximum age plus an
-/// hour): past it the clone is a leak, whoever owns it, and is removed the same way. Directories without a
+/// hour), plus an hour against clock steps: past that the clone is a leak, whoever owns it, and is removed the same way. Directories without a
 /// readable record are removed only when they are older than `orphanAge` (a clone being created
 /// writes its record first, so a young one may still be in the making).
 public struct CloneReaper: Sendable {
     public let workDirectory: String
     public let runtimeBase: String
     public var orphanAge: Duration = .seconds(3600)
+    /// How long past its deadline a clone of a live owner is left alone.
+    static let liveOwnerSlack: TimeInterval = 3600
     let logger: Logger
 
     public init(workDirectory: String, runtimeBase: String = RuntimeDirectory.base(), logger: Logger) {
@@ -45,7 +47,9 @@ public struct CloneReaper: Sendable {
                 continue
             }
             let ownerAlive = record.owner.isAlive
-            if ownerAlive && Date() <= record.deadline { continue }
+            // A live owner's clone gets an hour past its deadline more: a wall clock stepped
+            // forward must not take the VMs of running jobs.
+            if ownerAlive && Date() <= record.deadline.addingTimeInterval(Self.liveOwnerSlack) { continue }
             var killed: Int32?
             if let qemu = record.qemu, qemu.isAlive, let commandLine = ProcessIdentity.commandLine(of: qemu.pid),
                 commandLine.contains(record.key)
