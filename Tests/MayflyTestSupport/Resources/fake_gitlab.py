@@ -227,6 +227,10 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(body, (dict, list)):
             body, headers = json.dumps(body).encode(), [("Content-Type", "application/json")] + list(headers)
         body = body or b""
+        # Recorded before the answer goes out: a client that asks for the request log right after
+        # its answer must find the status there.
+        if self.record is not None:
+            self.record["status"] = status
         self.send_response(status)
         for name, value in headers:
             if value is not None:
@@ -237,8 +241,6 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if status not in (204, 304) and self.command != "HEAD":
             self.wfile.write(body)
-        if self.record is not None:
-            self.record["status"] = status
 
     def content_type(self):
         return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
