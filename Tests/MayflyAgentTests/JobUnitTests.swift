@@ -71,6 +71,30 @@ struct MaskingTests {
         #expect(text.utf8.count == 1024)
     }
 
+    @Test("job output is made valid UTF-8 as it streams: split characters pass whole, invalid bytes become U+FFFD")
+    func utf8Repair() async {
+        let text = Array("a€b😀c é".utf8)
+        for cut in 0...text.count {
+            var repair = UTF8Repair()
+            let output = repair.repair(Array(text[..<cut])) + repair.repair(Array(text[cut...])) + repair.finish()
+            #expect(output == text, "cut at \(cut)")
+        }
+        var repair = UTF8Repair()
+        let invalid = repair.repair([0x61, 0xFF, 0x62, 0xED, 0xA0, 0x80, 0x63]) + repair.repair([0xE2, 0x82]) + repair.finish()
+        let replaced = String(decoding: invalid, as: UTF8.self)
+        #expect(replaced.hasPrefix("a\u{FFFD}b") && replaced.contains("c"))
+        #expect(replaced.hasSuffix("\u{FFFD}"), "an unfinished character at the end is replaced at finish: \(replaced)")
+        #expect(String(validating: invalid, as: UTF8.self) != nil)
+
+        let sink = CollectingSink()
+        let log = JobLog(sink: sink, maskedValues: [], limit: .kibibytes(4))
+        await log.write([0xE2, 0x82])
+        await log.write([0xAC, 0x0A, 0xC3])
+        await log.write([0x28])
+        await log.finish()
+        #expect(await sink.text == "€\n\u{FFFD}(")
+    }
+
     @Test("the limit never cuts a UTF-8 character in two")
     func limitKeepsCharactersWhole() async {
         let notice = JobLog.limitNotice(1024).count

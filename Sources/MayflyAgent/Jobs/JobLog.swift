@@ -1,11 +1,12 @@
 import MayflyCore
 
-/// A job's log: everything the job printed and every line Mayfly adds (header, phases, errors,
+/// A job's log: everything the job printed (made valid UTF-8) and every line Mayfly adds (header, phases, errors,
 /// footer), masked before it leaves this type (masked values become `[MASKED]`, also when split
 /// across writes) and cut at the log limit with a notice. One per job; bounded memory.
 public actor JobLog {
     private let sink: any JobLogSink
     private var masker: SecretMasker
+    private var repair = UTF8Repair()
     private let limit: UInt64
     private(set) var bytesWritten: UInt64 = 0
     private(set) var truncated = false
@@ -17,14 +18,15 @@ public actor JobLog {
         self.limit = limit.bytes
     }
 
-    /// Output of the job itself.
+    /// Output of the job itself (invalid UTF-8 becomes U+FFFD first, as with gitlab-runner).
     public func write(_ bytes: [UInt8]) async {
-        await emit(masker.mask(bytes))
+        await emit(masker.mask(repair.repair(bytes)))
     }
 
     /// A line of Mayfly's own (`text` without its newline), on a line of its own. Any output still
     /// held back by the masker goes first, so the order is kept.
     public func line(_ text: String) async {
+        await emit(masker.mask(repair.finish()))
         await emit(masker.finish())
         await emit(masker.mask(Array(((endsWithNewline ? "" : "\n") + text + "\n").utf8)))
         await emit(masker.finish())
@@ -32,6 +34,7 @@ public actor JobLog {
 
     /// Flushes what the masker still holds.
     public func finish() async {
+        await emit(masker.mask(repair.finish()))
         await emit(masker.finish())
     }
 
