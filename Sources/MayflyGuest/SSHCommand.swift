@@ -78,26 +78,26 @@ public enum SSHMaster {
     {
         let process = try await SupervisedProcess.spawn(
             "ssh", arguments: SSHCommand(endpoint: endpoint).masterArguments(controlPath: controlPath))
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
-        while clock.now < deadline {
-            if process.hasExited {
-                let reason = await process.wait()
-                throw GuestError.unreachable(
-                    endpoint: "\(endpoint.user)@\(endpoint.host):\(endpoint.port)",
-                    lastError: "the persistent connection \(reason): \(process.standardError.trimmingWhitespace())")
-            }
-            if FileManager.default.fileExists(atPath: controlPath) { return process }
-            do {
-                try await Task.sleep(for: .milliseconds(20))
-            } catch {
-                _ = await process.terminate()
-                throw error
-            }
+        let target = "\(endpoint.user)@\(endpoint.host):\(endpoint.port)"
+        let readiness: SupervisedProcess.Readiness
+        do {
+            readiness = try await process.waitUntilReady(timeout: timeout) { FileManager.default.fileExists(atPath: controlPath) }
+        } catch {
+            _ = await process.terminate()
+            throw error
         }
-        _ = await process.terminate()
-        throw GuestError.unreachable(
-            endpoint: "\(endpoint.user)@\(endpoint.host):\(endpoint.port)",
-            lastError: "the persistent connection did not open its control socket within \(DurationText.format(timeout))")
+        switch readiness {
+        case .ready:
+            return process
+        case .exited(let reason):
+            throw GuestError.unreachable(
+                endpoint: target,
+                lastError: "the persistent connection \(reason): \(process.standardError.trimmingWhitespace())")
+        case .timedOut:
+            _ = await process.terminate()
+            throw GuestError.unreachable(
+                endpoint: target,
+                lastError: "the persistent connection did not open its control socket within \(DurationText.format(timeout))")
+        }
     }
 }

@@ -20,7 +20,7 @@ struct SupervisedProcessTests {
             return try? await SupervisedProcess.spawn("sleep", arguments: [seconds])
         }
         task.cancel()
-        let ended = try await eventually(timeout: .seconds(10)) { finished.load(ordering: .acquiring) }
+        let ended = await eventually(timeout: .seconds(10)) { finished.load(ordering: .acquiring) }
         #expect(ended, "the spawn from a cancelled task hung")
         guard ended else { return }
         #expect(await task.value == nil)
@@ -40,14 +40,14 @@ struct SupervisedProcessTests {
             // Cancel at a different moment of the spawn each time.
             try await Task.sleep(for: .microseconds(attempt * 150))
             task.cancel()
-            let ended = try await eventually(timeout: .seconds(10)) { finished.load(ordering: .acquiring) }
+            let ended = await eventually(timeout: .seconds(10)) { finished.load(ordering: .acquiring) }
             #expect(ended, "attempt \(attempt): the spawning task hung after its cancellation")
             guard ended else { return }
             if let process = await task.value {
                 _ = await process.terminate()
             }
         }
-        let gone = try await eventually(timeout: .seconds(5)) { !processRunning { $0.contains("sleep") && $0.contains(seconds) } }
+        let gone = await eventually(timeout: .seconds(5)) { !processRunning { $0.contains("sleep") && $0.contains(seconds) } }
         #expect(gone, "every process that was started was handed over and stopped")
     }
 }
@@ -74,6 +74,26 @@ extension SupervisedProcessTests {
         #expect(Self.forkingThread(of: second.pid) == thread, "the same thread forks every process")
         _ = await first.terminate()
         _ = await second.terminate()
+    }
+}
+
+extension SupervisedProcessTests {
+    @Test("waiting for readiness ends ready, with the exit, at the timeout, or at once when cancelled")
+    func readiness() async throws {
+        let sleeper = try await SupervisedProcess.spawn("sleep", arguments: [Self.marker()])
+        #expect(try await sleeper.waitUntilReady(timeout: .seconds(5)) { true } == .ready)
+        #expect(try await sleeper.waitUntilReady(timeout: .milliseconds(200)) { false } == .timedOut)
+        let waiting = Task { try await sleeper.waitUntilReady(timeout: .seconds(60)) { false } }
+        try await Task.sleep(for: .milliseconds(100))
+        let clock = ContinuousClock()
+        let cancelled = clock.now
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        #expect(clock.now - cancelled < .seconds(2))
+        _ = await sleeper.terminate()
+
+        let failing = try await SupervisedProcess.spawn("sh", arguments: ["-c", "exit 3"])
+        #expect(try await failing.waitUntilReady(timeout: .seconds(10)) { false } == .exited(.exited(3)))
     }
 }
 

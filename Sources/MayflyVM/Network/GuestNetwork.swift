@@ -106,20 +106,26 @@ public final class PasstProcess: Sendable {
             throw .networkFailed(what: "could not be started", detail: error.description)
         }
         let passt = PasstProcess(socketPath: socketPath, process: spawned)
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
-        while clock.now < deadline {
-            if spawned.hasExited {
-                let reason = await spawned.wait()
-                throw .networkFailed(what: "exited at start (\(reason))", detail: passt.standardErrorSummary)
+        let readiness: SupervisedProcess.Readiness
+        do {
+            readiness = try await spawned.waitUntilReady(timeout: timeout, interval: .milliseconds(10)) {
+                await BlockingWork.run { UnixSocketTable.isListening(socketPath) }
             }
-            if await BlockingWork.run({ UnixSocketTable.isListening(socketPath) }) { return passt }
-            _ = await BlockingWork.run { usleep(10_000) }
+        } catch {
+            await passt.stop()
+            throw .networkFailed(what: "was stopped while starting", detail: "the job was cancelled")
         }
-        await passt.stop()
-        throw .networkFailed(
-            what: "did not listen on \(socketPath) within \(DurationText.format(timeout))",
-            detail: passt.standardErrorSummary)
+        switch readiness {
+        case .ready:
+            return passt
+        case .exited(let reason):
+            throw .networkFailed(what: "exited at start (\(reason))", detail: passt.standardErrorSummary)
+        case .timedOut:
+            await passt.stop()
+            throw .networkFailed(
+                what: "did not listen on \(socketPath) within \(DurationText.format(timeout))",
+                detail: passt.standardErrorSummary)
+        }
     }
 
     /// The resolvers the guest is told about (DHCP), when passt's own choice (the host's

@@ -175,6 +175,28 @@ public final class SupervisedProcess: Sendable {
     /// Waits until the process has exited and been reaped; may be called any number of times.
     public func wait() async -> ExitReason { await monitor.value }
 
+    /// How a wait for a freshly started process to become usable ended.
+    public enum Readiness: Sendable, Equatable {
+        case ready
+        case exited(ExitReason)
+        case timedOut
+    }
+
+    /// Polls `isReady` every `interval` until it holds, the process exits, or `timeout` passes.
+    /// A cancelled wait throws at once; the caller, which owns the process, stops it.
+    public func waitUntilReady(
+        timeout: Duration, interval: Duration = .milliseconds(20), _ isReady: () async -> Bool
+    ) async throws(CancellationError) -> Readiness {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            if hasExited { return .exited(await wait()) }
+            if await isReady() { return .ready }
+            do { try await Task.sleep(for: interval) } catch { throw CancellationError() }
+        }
+        return .timedOut
+    }
+
     /// Sends `signal` (through the pidfd; nothing happens once the process has been reaped).
     public func send(signal: Int32) {
         guard !hasExited else { return }

@@ -57,28 +57,26 @@ public final class QEMUProcess: Sendable {
         }
         onSpawn(spawned.identity)
         let process = QEMUProcess(process: spawned, qmp: QMPClient(socketPath: configuration.qmpSocket), logger: logger)
-
-        let clock = ContinuousClock()
-        let deadline = clock.now + configuration.startTimeout
-        while clock.now < deadline {
-            if process.hasExited {
-                let reason = await process.wait()
-                throw VMError.qemuFailed(what: "exited at start (\(reason))", detail: process.standardError.trimmingWhitespace())
+        let readiness: SupervisedProcess.Readiness
+        do {
+            readiness = try await spawned.waitUntilReady(timeout: configuration.startTimeout) {
+                FileManager.default.fileExists(atPath: configuration.qmpSocket) ? await process.qmp.isReady() : false
             }
-            if FileManager.default.fileExists(atPath: configuration.qmpSocket), await process.qmp.isReady() {
-                return process
-            }
-            do {
-                try await Task.sleep(for: .milliseconds(20))
-            } catch {
-                _ = await process.kill()
-                throw error
-            }
+        } catch {
+            _ = await process.kill()
+            throw error
         }
-        _ = await process.kill()
-        throw VMError.qemuFailed(
-            what: "did not answer on its QMP socket within \(DurationText.format(configuration.startTimeout))",
-            detail: process.standardError.trimmingWhitespace())
+        switch readiness {
+        case .ready:
+            return process
+        case .exited(let reason):
+            throw VMError.qemuFailed(what: "exited at start (\(reason))", detail: process.standardError.trimmingWhitespace())
+        case .timedOut:
+            _ = await process.kill()
+            throw VMError.qemuFailed(
+                what: "did not answer on its QMP socket within \(DurationText.format(configuration.startTimeout))",
+                detail: process.standardError.trimmingWhitespace())
+        }
     }
 
     /// Waits until QEMU has exited and been reaped; may be called any number of times.
