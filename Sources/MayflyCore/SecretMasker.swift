@@ -37,8 +37,8 @@ public struct SecretMasker: Sendable {
     /// masked however short (as gitlab-runner does: GitLab's UI refuses masked values under 8
     /// characters, but a server's API or a job file may still send one, and a leaked secret is
     /// worse than a garbled log).
-    public init(secrets: [String], tokenPrefixes: [String] = [], maskURLParameters: Bool = false, minimumLength: Int = 1) {
-        let bytes = Set(secrets.map { Array($0.trimmingWhitespace().utf8) }.filter { $0.count >= minimumLength })
+    public init(secrets: [String], tokenPrefixes: [String] = [], maskURLParameters: Bool = false) {
+        let bytes = Set(secrets.map { Array($0.trimmingWhitespace().utf8) }.filter { !$0.isEmpty })
         // Longest first, so that a secret containing another is replaced whole.
         self.secrets = bytes.sorted { $0.count > $1.count }
         self.prefixes = Set(tokenPrefixes.map { Array($0.trimmingWhitespace().utf8) }.filter { !$0.isEmpty }).sorted {

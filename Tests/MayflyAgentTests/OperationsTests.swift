@@ -125,3 +125,17 @@ struct IdleTrimTests {
         }
     }
 }
+
+@Suite("Listen addresses")
+struct ListenAddressTests {
+    @Test("IPv4, bracketed IPv6 and localhost are read; names, bad ports and bad literals are not")
+    func parsing() {
+        #expect(ListenAddress.parse("127.0.0.1:9252") == .success(ListenAddress(host: "127.0.0.1", port: 9252)))
+        #expect(ListenAddress.parse("[::1]:0") == .success(ListenAddress(host: "::1", port: 0)))
+        #expect(ListenAddress.parse("localhost:80") == .success(ListenAddress(host: "127.0.0.1", port: 80)))
+        #expect(ListenAddress.parse("9252") == .failure(.notHostPort))
+        #expect(ListenAddress.parse("127.0.0.1:70000") == .failure(.badPort))
+        #expect(ListenAddress.parse("myhost:9252") == .failure(.notAnAddress("myhost")))
+        #expect(ListenAddress.parse("[::zz]:9252") == .failure(.notAnAddress("[::zz]")))
+    }
+}

@@ -266,19 +266,13 @@ public struct ConfigurationLoader: Sendable {
     }
 
     private func validateListenAddress(_ address: String, at value: YAMLValue) throws(ConfigurationError) {
-        guard let colon = address.lastIndex(of: ":") else {
+        switch ListenAddress.parse(address) {
+        case .success: return
+        case .failure(.notHostPort):
             throw value.error("'\(value.path)' must be host:port, such as 127.0.0.1:9252, not '\(address)'")
-        }
-        let host = address[..<colon]
-        guard !host.isEmpty, let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port) else {
+        case .failure(.badPort):
             throw value.error("'\(value.path)' must be host:port with a port from 0 (any free one) to 65535, not '\(address)'")
-        }
-        // An IP address (IPv6 in brackets) or localhost: the server binds it, it resolves no names.
-        var literal = String(host)
-        if literal.hasPrefix("[") && literal.hasSuffix("]") { literal = String(literal.dropFirst().dropLast()) }
-        var v4 = in_addr()
-        var v6 = in6_addr()
-        guard literal == "localhost" || inet_pton(AF_INET, literal, &v4) == 1 || inet_pton(AF_INET6, literal, &v6) == 1 else {
+        case .failure(.notAnAddress(let host)):
             throw value.error(
                 "'\(value.path)' must name an IP address or localhost (such as 127.0.0.1:9252 or [::1]:9252), not '\(host)'")
         }

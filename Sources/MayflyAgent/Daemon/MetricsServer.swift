@@ -22,18 +22,16 @@ public final class MetricsServer: @unchecked Sendable {
         public let description: String
     }
 
-    /// `listen` is `host:port` (IPv4 or `[::1]`; port 0 picks a free one).
+    /// `listen` is a `ListenAddress` (`127.0.0.1:9252`, `[::1]:9252`; port 0 picks a free one).
     public init(
         listen: String, registry: PrometheusCollectorRegistry, logger: Logger,
         health: @escaping @Sendable () -> (healthy: Bool, detail: String)
     ) throws {
-        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
-            throw Failure(description: "metrics.listen '\(listen)' is not host:port")
+        guard case .success(let address) = ListenAddress.parse(listen) else {
+            throw Failure(description: "metrics.listen '\(listen)' is not an IP address (or localhost) and port")
         }
-        var host = String(listen[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        self.host = host == "localhost" ? "127.0.0.1" : host
-        self.requestedPort = port
+        self.host = address.host
+        self.requestedPort = address.port
         self.registry = registry
         self.health = health
         self.logger = logger
